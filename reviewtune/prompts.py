@@ -1,0 +1,123 @@
+"""Instruction text and its inverse parser.
+
+``prompt = "###입력: {review}\\n###명령어: {instruction}\\n###출력:"`` and ``completion = " " + answer``:
+one function builds both so training and scoring share the same boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from reviewtune.records import sort_aspects
+from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
+
+_ASPECT_ITEM = re.compile(r"^(?P<keyword>.+?)(?P<polarity>-?\d+)$")
+
+
+def build_prompt(review: str, task: TaskSpec) -> str:
+    return task.template.format(review=review, instruction=task.instruction)
+
+
+def keyword_input(review: str, keyword: str, task: TaskSpec | None = None) -> str:
+    """Classifier input for the polarity of one keyword: ``###입력: {review}\\n###키워드: {keyword}``."""
+    template = task.keyword_template if task else "###입력: {review}\n###키워드: {keyword}"
+    return template.format(review=review, keyword=keyword)
+
+
+def format_answer(record: dict, task: TaskSpec) -> str:
+    """The answer text for a record: ``긍정``, ``매우부정``, ``디자인1, 배송-1``, ``없음``, ``3.5``."""
+    if task.name in ("sentiment", "sentiment5"):
+        return task.label_names[record["sentiment"]]
+    if task.name == "aspects":
+        aspects = sort_aspects(record["aspects"], task)
+        if not aspects:
+            return EMPTY_ASPECTS_ANSWER
+        return ", ".join(f"{a['keyword']}{a['polarity']}" for a in aspects)
+    if task.name == "regression":
+        return f"{float(record['score']):g}"
+    raise ValueError(f"unknown task {task.name!r}")
+
+
+def to_instruction(record: dict, task: TaskSpec, tokenizer=None, max_length: int | None = None) -> dict:
+    """Prompt/completion pair for a record, with ``shortened`` telling whether the review was cut.
+
+    With a tokenizer and ``max_length``, the review (never the answer) is cut to the token budget
+    that leaves room for the template, the answer and the end-of-sequence token: trl truncates from
+    the end, which would cut the answer first.
+    """
+    review = record["text"]
+    completion = " " + format_answer(record, task)
+    prompt = build_prompt(review, task)
+    shortened = False
+    if tokenizer is not None and max_length is not None:
+        n_total = len(tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]) + 1  # + eos
+        if n_total > max_length:
+            review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
+            budget = max(0, len(review_ids) - (n_total - max_length))
+            # Decoding a prefix of ids and re-tokenising can differ by a token; shrink until it fits.
+            while True:
+                review_cut = tokenizer.decode(review_ids[:budget], skip_special_tokens=True)
+                prompt = build_prompt(review_cut, task)
+                n = len(tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]) + 1
+                if n <= max_length or budget == 0:
+                    break
+                budget -= 1
+            shortened = True
+    return {"prompt": prompt, "completion": completion, "shortened": shortened}
+
+
+@dataclass
+class ParsedAnswer:
+    """Result of parsing answer text: ``valid`` plus the label(s), or an invalid ``reason``."""
+
+    valid: bool
+    label: int | None = None  # sentiment / sentiment5
+    aspects: list[dict] | None = None  # aspects
+    score: float | None = None  # regression
+    reason: str | None = None
+    text: str = field(default="", repr=False)
+
+
+def parse_answer(text: str, task: TaskSpec) -> ParsedAnswer:
+    """Answer text -> labels. Never raises: malformed text gives ``valid=False`` with a reason."""
+    if not isinstance(text, str):
+        return ParsedAnswer(False, reason="not_text", text=repr(text))
+    answer = text.strip()
+    if not answer:
+        return ParsedAnswer(False, reason="empty", text=text)
+    if task.name in ("sentiment", "sentiment5"):
+        if answer in task.label_names:
+            return ParsedAnswer(True, label=task.label_names.index(answer), text=text)
+        return ParsedAnswer(False, reason="unknown_label", text=text)
+    if task.name == "aspects":
+        return _parse_aspects(answer, task, text)
+    if task.name == "regression":
+        try:
+            score = float(answer)
+        except ValueError:
+            return ParsedAnswer(False, reason="not_a_number", text=text)
+        if score != score or score in (float("inf"), float("-inf")):
+            return ParsedAnswer(False, reason="not_a_number", text=text)
+        return ParsedAnswer(True, score=score, text=text)
+    return ParsedAnswer(False, reason="unknown_task", text=text)
+
+
+def _parse_aspects(answer: str, task: TaskSpec, text: str) -> ParsedAnswer:
+    if answer == EMPTY_ASPECTS_ANSWER:
+        return ParsedAnswer(True, aspects=[], text=text)
+    aspects, seen = [], set()
+    for item in answer.split(","):
+        m = _ASPECT_ITEM.match(item.strip())
+        if not m:
+            return ParsedAnswer(False, reason="bad_item", text=text)
+        keyword, polarity = m["keyword"], int(m["polarity"])
+        if keyword not in task.keywords:
+            return ParsedAnswer(False, reason="unknown_keyword", text=text)
+        if polarity not in task.polarities:
+            return ParsedAnswer(False, reason="bad_polarity", text=text)
+        if keyword in seen:
+            return ParsedAnswer(False, reason="duplicate_keyword", text=text)
+        seen.add(keyword)
+        aspects.append({"keyword": keyword, "polarity": polarity})
+    return ParsedAnswer(True, aspects=sort_aspects(aspects, task), text=text)

@@ -1,0 +1,67 @@
+"""``run_summary.json`` and the other run outputs both recipes write (common keys, token counts)."""
+
+from __future__ import annotations
+
+import collections
+import resource
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from reviewtune.atomic import atomic_write_json
+
+SCHEMA_VERSION = 1
+SUMMARY_KEYS = (
+    "schema_version", "recipe", "kind", "task", "base_model", "base_model_hash", "quantization", "method",
+    "train_examples", "eval_examples", "shortened_examples", "trainable_params", "total_params",
+    "train_runtime_s", "train_tokens_per_s", "peak_memory_bytes", "final_train_loss", "final_eval_loss",
+    "config", "provenance",
+)  # fmt: skip
+
+
+def peak_memory_bytes() -> int:
+    """CUDA max allocated on GPU, else the process's peak resident set size."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return int(torch.cuda.max_memory_allocated())
+    except ImportError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit packed weights are counted as their unpacked size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def token_frequencies(texts: Iterable[str], tokenizer) -> dict[str, int]:
+    """How often each token of ``tokenizer`` occurs in ``texts`` (for rare-input scoring later)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for text in texts:
+        counts.update(tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return dict(counts.most_common())
+
+
+def save_token_frequencies(output_dir: str | Path, texts: Iterable[str], tokenizer) -> Path:
+    return atomic_write_json(Path(output_dir) / "token_freqs.json", token_frequencies(texts, tokenizer))
+
+
+def write_run_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """Write ``run_summary.json``; every key of ``SUMMARY_KEYS`` must be present (``None`` allowed)."""
+    summary = {"schema_version": SCHEMA_VERSION, **summary}
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"run_summary is missing keys: {', '.join(missing)}")
+    return atomic_write_json(Path(output_dir) / "run_summary.json", summary)
