@@ -6,13 +6,10 @@ one function builds both so training and scoring share the same boundary.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from reviewtune.records import sort_aspects
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
-
-_ASPECT_ITEM = re.compile(r"^(?P<keyword>.+?)(?P<polarity>-?\d+)$")
 
 
 def build_prompt(review: str, task: TaskSpec) -> str:
@@ -35,7 +32,9 @@ def format_answer(record: dict, task: TaskSpec) -> str:
             return EMPTY_ASPECTS_ANSWER
         return ", ".join(f"{a['keyword']}{a['polarity']}" for a in aspects)
     if task.name == "regression":
-        return f"{float(record['score']):g}"
+        score = float(record["score"])
+        short = f"{score:g}"  # "4" rather than "4.0"; repr when :g would round (3.14159265 -> 3.14159)
+        return short if float(short) == score else repr(score)
     raise ValueError(f"unknown task {task.name!r}")
 
 
@@ -106,18 +105,28 @@ def parse_answer(text: str, task: TaskSpec) -> ParsedAnswer:
 def _parse_aspects(answer: str, task: TaskSpec, text: str) -> ParsedAnswer:
     if answer == EMPTY_ASPECTS_ANSWER:
         return ParsedAnswer(True, aspects=[], text=text)
+    # An item is a known keyword followed by the exact text of a known polarity. Matching against the
+    # lists (not a regex like ``(.+?)(-?\d+)``) keeps keywords that end in a digit (``V2`` + ``1``) and
+    # never converts arbitrary digit strings to int (which raises beyond 4300 digits).
+    polarity_of = {str(p): p for p in task.polarities}
+    keywords = sorted(task.keywords, key=len, reverse=True)  # longest first: "V2" + "1" before "V" + "21"
     aspects, seen = [], set()
     for item in answer.split(","):
-        m = _ASPECT_ITEM.match(item.strip())
-        if not m:
-            return ParsedAnswer(False, reason="bad_item", text=text)
-        keyword, polarity = m["keyword"], int(m["polarity"])
-        if keyword not in task.keywords:
-            return ParsedAnswer(False, reason="unknown_keyword", text=text)
-        if polarity not in task.polarities:
-            return ParsedAnswer(False, reason="bad_polarity", text=text)
+        item = item.strip()
+        keyword = next((k for k in keywords if item.startswith(k) and item[len(k) :] in polarity_of), None)
+        if keyword is None:
+            return ParsedAnswer(False, reason=_bad_item_reason(item, keywords), text=text)
         if keyword in seen:
             return ParsedAnswer(False, reason="duplicate_keyword", text=text)
         seen.add(keyword)
-        aspects.append({"keyword": keyword, "polarity": polarity})
+        aspects.append({"keyword": keyword, "polarity": polarity_of[item[len(keyword) :]]})
     return ParsedAnswer(True, aspects=sort_aspects(aspects, task), text=text)
+
+
+def _bad_item_reason(item: str, keywords: list[str]) -> str:
+    """Why an aspect item is not ``keyword`` + polarity: bad_polarity, unknown_keyword or bad_item."""
+    head = item.rstrip("0123456789")
+    if head == item or not head.rstrip("+-"):
+        return "bad_item"  # no trailing number, or nothing before it
+    head = head[:-1] if head[-1] in "+-" else head
+    return "bad_polarity" if head in keywords else "unknown_keyword"

@@ -79,6 +79,8 @@ def read_records(path: str | Path) -> list[dict]:
     """Read a records.jsonl file; every record is checked for the canonical keys."""
     rows = read_jsonl(path)
     for lineno, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: record {lineno}: not a JSON object")
         missing = [k for k in ("id", "text") if k not in r]
         if missing:
             raise ValueError(f"{path}: record {lineno}: missing field(s) {', '.join(missing)}")

@@ -87,6 +87,13 @@ def get_task(
     kws = list(keywords) if keywords else (list(DEFAULT_KEYWORDS) if name == "aspects" else [])
     if len(set(kws)) != len(kws):
         raise ValueError(f"duplicate keywords in {kws}")
+    # Answers are "keyword+polarity" joined by ", ": these would not parse back to the same labels.
+    bad = [k for k in kws if not k or k != k.strip() or "," in k or k[-1] in "+-" or k == EMPTY_ASPECTS_ANSWER]
+    if bad:
+        raise ValueError(f"keywords must be non-empty, without commas, outer spaces or a trailing sign, and not "
+                         f"{EMPTY_ASPECTS_ANSWER!r}: {bad}")  # fmt: skip
+    if len(set(labels)) != len(labels) or any(not x or x != x.strip() for x in labels):
+        raise ValueError(f"label names must be distinct, non-empty and without outer spaces: {labels}")
     return TaskSpec(
         name=name,
         instruction=instruction or DEFAULT_INSTRUCTIONS[name],

@@ -1,0 +1,214 @@
+"""The embedded base-model cache: the suite's own small pre-trained models, built once per corpus and config.
+
+A base model lives in ``reviewtune.defaults.home() / "base_models" / f"{kind}-{hash12}"``, where the hash
+covers what made it: ``RECIPE_VERSION``, the sha256 of the corpus file and the resolved
+``PretrainArguments``. It is built once under a file lock, into a temporary directory that is renamed
+into place when complete, and never rebuilt in place, so adapters trained on it keep their base.
+
+The build runs in a child process: pre-training with ``transformers.Trainer`` inside the caller would
+change the caller's RNG and accelerate state (a later run would differ depending on whether the cache
+was warm) and, under ``torch.distributed``, would try to synchronise with ranks that are waiting on the
+lock. When several processes start, the first to take the lock (normally all start together and one
+builds) builds while the others wait on the lock and then reuse the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.defaults import home
+from reviewtune.pretraining import KINDS, PretrainArguments
+from reviewtune.provenance import file_sha256, provenance
+
+logger = logging.getLogger(__name__)
+
+# Bump when pre-training code changes what a given corpus + config produces: old caches stay valid for
+# the adapters trained on them, new runs get a new directory.
+RECIPE_VERSION = 1
+MANIFEST = "base_model.json"
+# Fields that do not change the model: where it is written, and which path the corpus was read from
+# (its content is hashed instead).
+_UNHASHED_FIELDS = ("output_dir", "corpus_file")
+# Variables that make a child process join a distributed job or pick up an accelerate launch config.
+_DISTRIBUTED_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "FSDP_")
+_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+
+# The embedded defaults, sized to pre-train both kinds within 3 minutes on 2 CPU cores from the synthetic
+# train split (~8k reviews of 15-80 characters). ``max_minutes`` caps each training loop on slower machines.
+_DEFAULTS: dict[str, dict] = {
+    "causal": dict(
+        vocab_size=8000,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=688,
+        max_seq_length=128,
+        max_position_embeddings=512,
+        max_steps=150,
+        max_minutes=1.25,
+        learning_rate=2e-3,
+        warmup_ratio=0.05,
+        per_device_train_batch_size=16,
+        eval_blocks=32,
+        logging_steps=5,
+        seed=42,
+    ),
+    "roberta": dict(
+        vocab_size=8000,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=1024,
+        max_seq_length=128,
+        max_position_embeddings=512,
+        mlm_probability=0.15,
+        max_steps=150,
+        max_minutes=1.25,
+        learning_rate=1e-3,
+        warmup_ratio=0.05,
+        per_device_train_batch_size=16,
+        eval_blocks=32,
+        logging_steps=5,
+        seed=42,
+    ),
+}
+
+
+def default_pretrain_args(kind: str) -> PretrainArguments:
+    """The embedded default pre-training configuration for ``kind`` (``causal`` or ``roberta``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return PretrainArguments(kind=kind, **_DEFAULTS[kind])
+
+
+def cache_root() -> Path:
+    """Where embedded base models are cached: ``$REVIEWTUNE_HOME/base_models``."""
+    return home() / "base_models"
+
+
+def base_model_hash(corpus_file: str | os.PathLike, args: PretrainArguments) -> str:
+    """sha256 over (``RECIPE_VERSION``, sha256 of the corpus file, the resolved config)."""
+    config = {k: v for k, v in args.to_dict().items() if k not in _UNHASHED_FIELDS}
+    payload = {"recipe_version": RECIPE_VERSION, "corpus_sha256": file_sha256(corpus_file), "config": config}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def base_model_dir(kind: str, model_hash: str) -> Path:
+    return cache_root() / f"{kind}-{model_hash[:12]}"
+
+
+def _distributed() -> bool:
+    if any(os.environ.get(v) is not None for v in ("RANK", "LOCAL_RANK")):
+        return True
+    try:
+        import torch.distributed as dist
+
+        return dist.is_available() and dist.is_initialized()
+    except ImportError:
+        return False
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for the build process: no distributed or accelerate settings, one GPU at most."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _DISTRIBUTED_ENV and not k.startswith(_DISTRIBUTED_ENV_PREFIXES)
+    }
+    # Several visible GPUs would make the Trainer use DataParallel; build on this rank's device only.
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    env["CUDA_VISIBLE_DEVICES"] = visible[local_rank % len(visible)] if visible else str(local_rank)
+    package_parent = str(Path(__file__).resolve().parent.parent)  # so the child imports this reviewtune
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+_CHILD = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+from reviewtune.pretraining import PretrainArguments, pretrain
+pretrain(PretrainArguments(**json.loads(sys.argv[1])), sys.argv[2])
+"""
+
+
+def _build(args: PretrainArguments, out: Path) -> dict:
+    """Pre-train into ``out`` in a child process (see the module docstring) and return its summary."""
+    cmd = [sys.executable, "-c", _CHILD, json.dumps(args.to_dict()), str(out)]
+    proc = subprocess.run(cmd, env=_child_env(), check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the {args.kind} base model failed (exit {proc.returncode}); see the log above")
+    return read_json(out / "pretrain_log.json")["summary"]
+
+
+def ensure_base_model(
+    kind: str, corpus_file: str | os.PathLike, args: PretrainArguments | None = None
+) -> tuple[Path, str]:
+    """The cached base model of ``kind`` pre-trained on ``corpus_file`` (built on first use) and its hash.
+
+    ``corpus_file`` must hold training text only (never validation or test). ``args`` defaults to
+    ``default_pretrain_args(kind)``; its ``corpus_file`` and ``output_dir`` are ignored.
+    """
+    corpus_file = Path(corpus_file)
+    if not corpus_file.is_file():
+        raise FileNotFoundError(f"corpus file for the {kind} base model not found: {corpus_file}")
+    args = args or default_pretrain_args(kind)
+    if args.kind != kind:
+        raise ValueError(f"ensure_base_model({kind!r}) got PretrainArguments of kind {args.kind!r}")
+    args = replace(args, corpus_file=str(corpus_file.resolve()), output_dir=None)
+    model_hash = base_model_hash(corpus_file, args)
+    final = base_model_dir(kind, model_hash)
+    if (final / MANIFEST).is_file():
+        logger.info("using cached embedded %s base model %s", kind, final)
+        return final, model_hash
+
+    from filelock import FileLock
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / f".{final.name}.lock")):
+        if (final / MANIFEST).is_file():  # another process built it while we waited
+            logger.info("using embedded %s base model %s (built by another process)", kind, final)
+            return final, model_hash
+        if final.exists():
+            raise RuntimeError(f"{final} exists but has no {MANIFEST}; it was not built by reviewtune, remove it")
+        logger.warning(
+            "building embedded base model %s from %s (cached at %s); this happens once", kind, corpus_file, final
+        )
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building-"))
+        try:
+            summary = _build(args, tmp)
+            manifest = {
+                "kind": kind,
+                "hash": model_hash,
+                "recipe_version": RECIPE_VERSION,
+                "corpus_file": str(corpus_file.resolve()),
+                "config": args.to_dict(),
+                "summary": summary,
+                "provenance": provenance(seed=args.seed, data_files={"corpus": corpus_file}),
+            }
+            atomic_write_json(tmp / MANIFEST, manifest)
+            os.rename(tmp, final)  # atomic; readers never see a half-built model
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    logger.info(
+        "built embedded %s base model in %.2f min: loss %.3f -> %.3f (%s)",
+        kind,
+        summary["total_minutes"],
+        summary["first_loss"],
+        summary["last_loss"],
+        final,
+    )
+    return final, model_hash

@@ -1,0 +1,465 @@
+"""Pre-training small base models from scratch: tokenizer training, a small Llama or RoBERTa, CLM/MLM.
+
+The suite's embedded base models are built with this module (see ``reviewtune.base_models``), so that
+QLoRA and the classifier adapt a pre-trained model, as they do in real use, on a machine that cannot
+reach the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import math
+import os
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reviewtune.atomic import atomic_write_bytes, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("causal", "roberta")
+CAUSAL_SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+# RoBERTa's own order: <s>=0, <pad>=1, </s>=2, <unk>=3; <mask> last.
+ROBERTA_SPECIAL_TOKENS = {
+    "bos_token": "<s>",
+    "pad_token": "<pad>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
+
+
+@dataclass
+class PretrainArguments:
+    """Tokenizer, architecture and budget of one pre-training run (YAML keys map 1:1 onto these fields)."""
+
+    # Data
+    kind: str = field(default="causal", metadata={"help": "causal (small Llama, CLM) or roberta (MLM)."})
+    corpus_file: str | None = field(
+        default=None,
+        metadata={"help": "records.jsonl ('text' field), .txt or .txt.gz (one text per line), or NSMC TSV."},
+    )
+    max_corpus_texts: int | None = field(default=None, metadata={"help": "Use at most this many texts (first N)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where the model directory is written."})
+    # Tokenizer
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Adapt this (local) tokenizer with train_new_from_iterator instead of a new byte-level BPE."},
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "Target vocabulary size (smaller if the corpus is small)."})
+    min_frequency: int = field(default=2, metadata={"help": "Minimum pair frequency for a BPE merge."})
+    # Model
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 688
+    max_seq_length: int = field(default=128, metadata={"help": "Length of the packed training blocks (tokens)."})
+    max_position_embeddings: int = field(
+        default=512, metadata={"help": "Longest input the model accepts later (fine-tuning prompts)."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate for the roberta kind."})
+    # Training
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps (upper bound)."})
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "Wall-clock budget for the training loop; stops early when reached."}
+    )
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    per_device_train_batch_size: int = 32
+    eval_blocks: int = field(default=32, metadata={"help": "Packed blocks held out to measure loss before/after."})
+    logging_steps: int = 5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.max_seq_length > self.max_position_embeddings:
+            raise ValueError(
+                f"max_seq_length {self.max_seq_length} exceeds max_position_embeddings {self.max_position_embeddings}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- corpus
+
+
+def read_corpus_counts(path: str | os.PathLike) -> tuple[list[str], dict[str, Any]]:
+    """Texts of a corpus file plus counts ``{"read", "kept", "dropped": {reason: n}, "nfc_normalised"}``.
+
+    Formats: ``*.jsonl`` (the ``text`` field of each object), NSMC TSV (header ``id<TAB>document<TAB>label``),
+    anything else one text per line; any of them gzip-compressed when the name ends in ``.gz``. UTF-8 (a BOM
+    is accepted); Hangul is normalised to NFC. Empty texts are dropped and counted; a file that is not
+    UTF-8 or a malformed JSON line is an error naming file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    name = path.name.removesuffix(".gz")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    texts: list[str] = []
+    dropped: Counter[str] = Counter()
+    read = normalised = 0
+    with opener(path, "rb") as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        mode = "jsonl" if name.endswith(".jsonl") else "lines"
+        lineno = 0
+        try:
+            for lineno, line in enumerate(stream, 1):
+                line = line.rstrip("\r\n")
+                if lineno == 1 and mode == "lines" and line.split("\t")[:2] == ["id", "document"]:
+                    mode = "tsv"  # NSMC header line, not a text
+                    continue
+                read += 1
+                if mode == "jsonl":
+                    if not line.strip():
+                        dropped["blank_line"] += 1
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+                    text = obj.get("text") if isinstance(obj, dict) else None
+                    if text is not None and not isinstance(text, str):
+                        raise ValueError(f"{path}:{lineno}: field 'text' is {type(text).__name__}, not a string")
+                elif mode == "tsv":
+                    cols = line.split("\t")
+                    if len(cols) != 3:
+                        dropped["malformed_row"] += 1
+                        continue
+                    text = cols[1]
+                else:
+                    text = line
+                if text is None or not text.strip():
+                    dropped["empty_text"] += 1
+                    continue
+                nfc = unicodedata.normalize("NFC", text.strip())
+                normalised += nfc != text.strip()
+                texts.append(nfc)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{lineno + 1}: not UTF-8 ({e.reason}); convert the file to UTF-8") from e
+    counts = {"read": read, "kept": len(texts), "dropped": dict(dropped), "nfc_normalised": normalised}
+    assert counts["read"] == counts["kept"] + sum(dropped.values())
+    return texts, counts
+
+
+def read_corpus(path: str | os.PathLike) -> list[str]:
+    """Texts of a corpus file (see ``read_corpus_counts`` for the formats); drops are logged."""
+    texts, counts = read_corpus_counts(path)
+    logger.info("corpus %s: read %d, kept %d, dropped %s", path, counts["read"], counts["kept"], counts["dropped"])
+    return texts
+
+
+# -------------------------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], kind: str, vocab_size: int, base_tokenizer=None, min_frequency: int = 2):
+    """Train a byte-level BPE tokenizer on ``texts`` (or adapt ``base_tokenizer`` with ``train_new_from_iterator``).
+
+    causal: ``<s>`` prepended by the post-processor (like Llama); ``</s>`` is the end-of-sequence token that
+    pre-training appends to each text and trl appends to each completion, so the model learns to stop.
+    roberta: ``<s> text </s>`` via RoBERTa's post-processor, with ``<pad>``, ``<unk>`` and ``<mask>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+    def batches(size: int = 1000):
+        for i in range(0, len(texts), size):
+            yield texts[i : i + size]
+
+    if base_tokenizer is not None:
+        if isinstance(base_tokenizer, str | os.PathLike):
+            base_tokenizer = AutoTokenizer.from_pretrained(base_tokenizer)
+        return base_tokenizer.train_new_from_iterator(batches(), vocab_size=vocab_size, length=len(texts))
+
+    specials = CAUSAL_SPECIAL_TOKENS if kind == "causal" else ROBERTA_SPECIAL_TOKENS
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(specials.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    tok.train_from_iterator(batches(), trainer=trainer, length=len(texts))
+    ids = {name: tok.token_to_id(t) for name, t in specials.items()}
+    if kind == "causal":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", ids["bos_token"])]
+        )
+        padding_side = "left"  # decoder-only: generation needs left padding; trl pads its own batches
+    else:
+        # Positional only: (sep, cls, trim_offsets, add_prefix_space).
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", ids["eos_token"]), ("<s>", ids["bos_token"]), True, False
+        )
+        padding_side = "right"
+    extra = {"sep_token": "</s>", "cls_token": "<s>"} if kind == "roberta" else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side=padding_side, **specials, **extra)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_model(kind: str, tokenizer, args: PretrainArguments):
+    """A freshly initialised ``LlamaForCausalLM`` or ``RobertaForMaskedLM`` sized by ``args``."""
+    from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if kind == "causal":
+        config = LlamaConfig(
+            **common,
+            num_key_value_heads=args.num_heads,
+            max_position_embeddings=args.max_position_embeddings,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(config)
+    if kind == "roberta":
+        # RoBERTa's positions start after the padding index, hence +2.
+        config = RobertaConfig(**common, max_position_embeddings=args.max_position_embeddings + 2, type_vocab_size=1)
+        return RobertaForMaskedLM(config)
+    raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def pack_blocks(texts: list[str], tokenizer, kind: str, block_size: int):
+    """Tokenise ``texts`` and pack them into full blocks of ``block_size`` tokens (a ``datasets.Dataset``).
+
+    causal: ``<s> text </s>`` documents concatenated (Llama-style packing); roberta: texts joined by ``</s>``
+    and each block wrapped in ``<s> ... </s>`` (RoBERTa's FULL-SENTENCES). The remainder is dropped.
+    """
+    from datasets import Dataset
+
+    if kind == "causal":
+        prefix, sep, suffix, body = [tokenizer.bos_token_id], [tokenizer.eos_token_id], [], block_size
+    else:
+        prefix, sep, suffix, body = [], [tokenizer.sep_token_id], [], block_size - 2
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [prefix + x + sep + suffix for x in ids]}
+
+    def group(batch):
+        flat = [t for ids in batch["input_ids"] for t in ids]
+        n = len(flat) // body * body
+        blocks = [flat[i : i + body] for i in range(0, n, body)]
+        if kind == "roberta":
+            blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
+        return {"input_ids": blocks}
+
+    ds = Dataset.from_dict({"text": texts})
+    ds = ds.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing corpus")
+    n_tokens = sum(len(x) for x in ds["input_ids"])
+    # Large groups keep the dropped remainder small (one partial block per group).
+    ds = ds.map(group, batched=True, batch_size=10_000, desc=f"Packing into blocks of {block_size}")
+    return ds, n_tokens
+
+
+def _time_budget_callback(max_minutes: float):
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stop training when the wall-clock budget is spent (Trainer has no time-based stop)."""
+
+        def __init__(self):
+            self.start = time.monotonic()
+            self.stopped = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.start > max_minutes * 60:
+                self.stopped = control.should_training_stop = True
+                logger.info("time budget of %.2f min reached at step %d; stopping", max_minutes, state.global_step)
+
+    return TimeBudget()
+
+
+def plot_loss(log_history: list[dict], path: str | os.PathLike, title: str) -> Path:
+    """Training loss per step (and eval loss before/after) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o--", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Train a tokenizer and pre-train a model on ``args.corpus_file``; save both to ``output_dir``.
+
+    Writes a standard model directory (safetensors + tokenizer), ``pretrain_log.json`` (log history and
+    summary) and ``pretrain_loss.png``. Returns the summary: steps, minutes, first/last training loss and
+    held-out loss before/after.
+    """
+    import torch
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+
+    output_dir = Path(output_dir)
+    t0 = time.monotonic()
+    set_seed(args.seed)
+    if not args.corpus_file:
+        raise ValueError("corpus_file is required")
+
+    # Data and tokenizer
+    texts, corpus_counts = read_corpus_counts(args.corpus_file)
+    if args.max_corpus_texts is not None:
+        texts = texts[: args.max_corpus_texts]
+    if not texts:
+        raise ValueError(f"{args.corpus_file}: no texts to pre-train on ({corpus_counts})")
+    logger.info("corpus %s: %s; using %d texts", args.corpus_file, corpus_counts, len(texts))
+    tokenizer = train_tokenizer(
+        texts, args.kind, args.vocab_size, base_tokenizer=args.tokenizer_name_or_path, min_frequency=args.min_frequency
+    )
+    tokenizer.model_max_length = args.max_position_embeddings
+    blocks, n_tokens = pack_blocks(texts, tokenizer, args.kind, args.max_seq_length)
+    n_eval = min(args.eval_blocks, len(blocks) // 10)
+    if len(blocks) - n_eval < 1:
+        raise ValueError(
+            f"{args.corpus_file}: {n_tokens} tokens make {len(blocks)} blocks of {args.max_seq_length}; "
+            "need more text or a smaller max_seq_length"
+        )
+    split = blocks.train_test_split(test_size=n_eval, seed=args.seed) if n_eval else None
+    train_ds, eval_ds = (split["train"], split["test"]) if split else (blocks, None)
+
+    # Model
+    model = build_model(args.kind, tokenizer, args)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("%s model: %.2fM parameters, vocab %d", args.kind, n_params / 1e6, len(tokenizer))
+
+    # Trainer
+    collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm=args.kind == "roberta", mlm_probability=args.mlm_probability, seed=args.seed
+    )
+    use_cuda = torch.cuda.is_available()
+    training_args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_train_batch_size,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=not use_cuda,
+        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        seed=args.seed,
+        data_seed=args.seed,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    callbacks = [_time_budget_callback(args.max_minutes)] if args.max_minutes else []
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+    # Train, with the held-out loss measured before and after
+    initial_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    t_train = time.monotonic()
+    train_result = trainer.train()
+    train_minutes = (time.monotonic() - t_train) / 60
+    final_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+
+    # Save
+    model.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
+    trainer.save_model(str(output_dir))  # model (safetensors) + tokenizer
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in pretrain_log.json
+    if args.kind == "causal":
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.save_pretrained(output_dir)
+    history = trainer.state.log_history
+    if initial_eval is not None:
+        history = [{"step": 0, "eval_loss": initial_eval}, *history]
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    summary = {
+        "kind": args.kind,
+        "steps": trainer.state.global_step,
+        "max_steps": args.max_steps,
+        "stopped_by_time_budget": bool(callbacks and callbacks[0].stopped),
+        "train_minutes": round(train_minutes, 3),
+        "total_minutes": round((time.monotonic() - t0) / 60, 3),
+        "first_loss": train_losses[0] if train_losses else None,
+        "last_loss": train_losses[-1] if train_losses else None,
+        "initial_eval_loss": initial_eval,
+        "final_eval_loss": final_eval,
+        "uniform_loss": math.log(len(tokenizer)),
+        "train_loss_mean": train_result.training_loss,
+        "corpus": corpus_counts,
+        "texts_used": len(texts),
+        "tokens": n_tokens,
+        "train_blocks": len(train_ds),
+        "eval_blocks": n_eval,
+        "vocab_size": len(tokenizer),
+        "num_parameters": n_params,
+        "device": "cuda" if use_cuda else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "config": args.to_dict(),
+    }
+    atomic_write_json(output_dir / "pretrain_log.json", {"summary": summary, "log_history": history})
+    plot_loss(history, output_dir / "pretrain_loss.png", f"{args.kind} pre-training ({n_params / 1e6:.1f}M params)")
+    logger.info(
+        "pre-trained %s in %.2f min (%d steps): train loss %.3f -> %.3f, held-out %s -> %s",
+        args.kind,
+        summary["total_minutes"],
+        summary["steps"],
+        summary["first_loss"] or float("nan"),
+        summary["last_loss"] or float("nan"),
+        initial_eval,
+        final_eval,
+    )
+    return summary

@@ -1,0 +1,475 @@
+"""Load any run directory and predict: generative runs (``generate`` / ``loglik``) and classifiers.
+
+One prediction dict per record, the same for every kind of system (baselines included)::
+
+    {"id", "label": int|None, "probs": list[float]|None, "aspects": list|None, "score": float|None,
+     "invalid": bool, "invalid_reason": str|None, "raw": str|None}
+
+A generated answer the parser cannot read is ``invalid`` with the parser's reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from reviewtune.atomic import read_json
+from reviewtune.generation import generate_answers, label_loglik, loglik_probs
+from reviewtune.prompts import build_prompt, keyword_input, parse_answer
+from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+SCORING_MODES = ("generate", "loglik", "classifier")
+LOGLIK_TASKS = ("sentiment", "sentiment5")  # closed label sets
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class System:
+    """A loaded run: a generative model, a single classifier, or the two-model aspect classifier."""
+
+    run_dir: Path
+    kind: str  # "generative" | "classifier"
+    task: TaskSpec
+    summary: dict
+    model: Any = None  # None for the two-model aspect system (see ``components``)
+    tokenizer: Any = None
+    components: dict[str, System] = field(default_factory=dict)  # aspect classifier: keywords, keyword_sentiment
+    thresholds: np.ndarray | None = None  # keywords model: one decision threshold per keyword
+    max_length: int | None = None  # longest input (in tokens) the model was trained on / can take
+    weight_paths: list[Path] = field(default_factory=list)  # every file a deployment needs (size on disk)
+
+    @property
+    def scoring_modes(self) -> tuple[str, ...]:
+        if self.kind == "classifier":
+            return ("classifier",)
+        return ("generate", "loglik") if self.task.name in LOGLIK_TASKS else ("generate",)
+
+    def models(self) -> list[Any]:
+        return [self.model] if self.model is not None else [c.model for c in self.components.values()]
+
+
+def empty_prediction(record_id: str) -> dict:
+    return {
+        "id": str(record_id),
+        "label": None,
+        "probs": None,
+        "aspects": None,
+        "score": None,
+        "invalid": False,
+        "invalid_reason": None,
+        "raw": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _read_summary(run_dir: Path) -> dict:
+    path = run_dir / "run_summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no run_summary.json; is this a run directory written by a recipe?")
+    summary = read_json(path)
+    for key in ("kind", "task"):
+        if key not in summary:
+            raise ValueError(f"{path}: missing field {key!r}")
+    if summary["kind"] not in ("generative", "classifier"):
+        raise ValueError(f"{path}: field 'kind' is {summary['kind']!r}, expected 'generative' or 'classifier'")
+    return summary
+
+
+def _read_task(run_dir: Path) -> TaskSpec:
+    path = run_dir / "task_spec.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no task_spec.json (scoring needs it to rebuild prompts and labels)")
+    return TaskSpec.load(run_dir)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """Model/adapter weights and tokenizer/config files directly in ``directory`` (not sub-runs, checkpoints)."""
+    suffixes = (".safetensors", ".json", ".model", ".txt", ".bin")
+    skip = {"run_summary.json", "token_freqs.json", "classification_report.json", "trainer_state.json"}
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in suffixes and p.name not in skip)
+
+
+def _nf4_config():
+    """The NF4 4-bit config the SFT recipe trains with (the library helper when there is one)."""
+    try:
+        from reviewtune.quantization import nf4_config  # the SFT recipe's own choice, if present
+
+        return nf4_config()
+    except ImportError:
+        from transformers import BitsAndBytesConfig
+
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def _max_length(model, summary: dict, default: int = 1024) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), (summary.get("config") or {}).get("max_length")]
+    if model.config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding id
+        limits[0] = limits[0] - 2 if limits[0] else None
+    limits = [int(x) for x in limits if x]
+    return min(limits) if limits else default
+
+
+def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool) -> System:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = _device()
+    if merged and (run_dir / "merged").is_dir():
+        weights_dir = run_dir / "merged"
+        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=_model_dtype()).to(device)
+        weight_paths = _weight_files(weights_dir)
+        tokenizer_dir = weights_dir
+    elif (run_dir / ADAPTER_CONFIG).is_file():
+        from peft import PeftModel
+
+        adapter_cfg = read_json(run_dir / ADAPTER_CONFIG)
+        base = adapter_cfg.get("base_model_name_or_path") or summary.get("base_model")
+        if not base or not Path(base).exists():
+            base = summary.get("base_model") or base
+        if not base or not Path(base).is_dir():
+            raise FileNotFoundError(
+                f"{run_dir}: the base model {base!r} named in {ADAPTER_CONFIG} / run_summary.json is not a local "
+                "directory; rebuild it (the embedded base is cached under REVIEWTUNE_HOME) or pass a merged run"
+            )
+        if summary.get("quantization") == "nf4":
+            # Scored the way it was trained: NF4 4-bit base + the LoRA adapter.
+            base_model = AutoModelForCausalLM.from_pretrained(
+                base, quantization_config=_nf4_config(), dtype=_model_dtype(), device_map={"": device}
+            )
+        else:
+            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=_model_dtype()).to(device)
+        model = PeftModel.from_pretrained(base_model, run_dir)
+        weight_paths = _weight_files(run_dir) + _weight_files(Path(base))
+        tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
+    elif (run_dir / "config.json").is_file():  # full fine-tuning: the model itself
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=_model_dtype()).to(device)
+        weight_paths = _weight_files(run_dir)
+        tokenizer_dir = run_dir
+    else:
+        raise FileNotFoundError(f"{run_dir}: neither {ADAPTER_CONFIG}, config.json nor merged/ found")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return System(
+        run_dir=run_dir,
+        kind="generative",
+        task=task,
+        summary=summary,
+        model=model,
+        tokenizer=tokenizer,
+        max_length=_max_length(model, summary),
+        weight_paths=weight_paths,
+    )
+
+
+def _load_classifier_model(run_dir: Path, summary: dict):
+    """One sequence classifier: a full model dir, ``merged/``, or a PEFT ``SEQ_CLS`` adapter on its base."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    device = _device()
+    if (run_dir / "merged").is_dir():
+        weights_dir = run_dir / "merged"
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=_model_dtype())
+        paths = _weight_files(weights_dir)
+        tokenizer_dir = weights_dir
+    elif (run_dir / ADAPTER_CONFIG).is_file():
+        from peft import PeftModel
+
+        adapter_cfg = read_json(run_dir / ADAPTER_CONFIG)
+        base = adapter_cfg.get("base_model_name_or_path") or summary.get("base_model")
+        if not base or not Path(base).is_dir():
+            base = summary.get("base_model") or base
+        if not base or not Path(base).is_dir():
+            raise FileNotFoundError(f"{run_dir}: base model {base!r} of the adapter is not a local directory")
+        # The head's shape and label names come from the run's own config.json (saved with id2label).
+        config = AutoConfig.from_pretrained(run_dir if (run_dir / "config.json").is_file() else base)
+        base_model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=_model_dtype())
+        model = PeftModel.from_pretrained(base_model, run_dir)
+        paths = _weight_files(run_dir) + _weight_files(Path(base))
+        tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
+    elif (run_dir / "config.json").is_file():
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=_model_dtype())
+        paths = _weight_files(run_dir)
+        tokenizer_dir = run_dir
+    else:
+        raise FileNotFoundError(f"{run_dir}: neither {ADAPTER_CONFIG}, config.json nor merged/ found")
+    model.to(device).eval()
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir), paths
+
+
+def _id2label(model) -> list[str]:
+    config = model.config
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
+    components = summary.get("components")
+    if task.name == "aspects":
+        if not components or set(components) != {"keywords", "keyword_sentiment"}:
+            raise ValueError(
+                f"{run_dir}/run_summary.json: an aspects classifier needs field 'components' naming the "
+                f"'keywords' and 'keyword_sentiment' sub-runs, got {components!r}"
+            )
+        parts = {}
+        for name, sub in components.items():
+            sub_dir = run_dir / sub
+            sub_summary = read_json(sub_dir / "run_summary.json") if (sub_dir / "run_summary.json").is_file() else {}
+            model, tokenizer, paths = _load_classifier_model(sub_dir, {**summary, **sub_summary})
+            parts[name] = System(
+                run_dir=sub_dir,
+                kind="classifier",
+                task=task,
+                summary=sub_summary,
+                model=model,
+                tokenizer=tokenizer,
+                max_length=_max_length(model, sub_summary),
+                weight_paths=paths,
+            )
+        kw = parts["keywords"]
+        names = _id2label(kw.model)
+        if sorted(names) != sorted(task.keywords):
+            raise ValueError(f"{kw.run_dir}: model labels {names} differ from the task's keywords {task.keywords}")
+        kw.thresholds = _read_thresholds(kw.run_dir, names)
+        return System(
+            run_dir=run_dir,
+            kind="classifier",
+            task=task,
+            summary=summary,
+            components=parts,
+            weight_paths=sorted({p for c in parts.values() for p in c.weight_paths}),
+        )
+    model, tokenizer, paths = _load_classifier_model(run_dir, summary)
+    return System(
+        run_dir=run_dir,
+        kind="classifier",
+        task=task,
+        summary=summary,
+        model=model,
+        tokenizer=tokenizer,
+        max_length=_max_length(model, summary),
+        weight_paths=paths,
+    )
+
+
+def _read_thresholds(run_dir: Path, names: list[str]) -> np.ndarray:
+    """Per-keyword thresholds in model-label order from ``thresholds.json`` (0.5 where absent)."""
+    path = run_dir / "thresholds.json"
+    if not path.is_file():
+        return np.full(len(names), 0.5)
+    data = read_json(path)
+    if isinstance(data, dict) and "thresholds" in data:
+        data = data["thresholds"]
+    if isinstance(data, list):
+        if len(data) != len(names):
+            raise ValueError(f"{path}: {len(data)} thresholds for {len(names)} keywords")
+        return np.asarray(data, dtype=float)
+    if isinstance(data, dict):
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ValueError(f"{path}: thresholds for unknown keywords {sorted(unknown)}")
+        return np.asarray([float(data.get(n, 0.5)) for n in names], dtype=float)
+    raise ValueError(f"{path}: expected a list or a keyword -> threshold mapping, got {type(data).__name__}")
+
+
+def load_system(run_dir: str | Path, merged: bool = False) -> System:
+    """Load a run directory written by ``recipes/sft_qlora.py`` or ``recipes/classify_roberta.py``.
+
+    Generative runs load the base the way it was trained (NF4 4-bit when ``quantization == "nf4"``)
+    plus the PEFT adapter, or ``merged/`` with ``merged=True``; classifiers load one model, or the
+    ``keywords`` + ``keyword_sentiment`` pair named by ``components`` for aspects.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    summary = _read_summary(run_dir)
+    task = _read_task(run_dir)
+    if summary["task"] != task.name:
+        raise ValueError(f"{run_dir}: run_summary.json says task {summary['task']!r}, task_spec.json {task.name!r}")
+    if summary["kind"] == "generative":
+        return _load_generative(run_dir, summary, task, merged)
+    return _load_classifier(run_dir, summary, task)
+
+
+# ------------------------------------------------------------------------------------------- prediction
+
+
+def fit_prompt(review: str, task: TaskSpec, tokenizer, max_prompt_tokens: int | None) -> str:
+    """``build_prompt``, with the review (never the template) cut when the prompt exceeds the token budget."""
+    prompt = build_prompt(review, task)
+    if max_prompt_tokens is None:
+        return prompt
+    n = len(tokenizer(prompt)["input_ids"])
+    if n <= max_prompt_tokens:
+        return prompt
+    review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
+    budget = max(0, len(review_ids) - (n - max_prompt_tokens))
+    while True:  # decode + re-tokenise can differ by a token; shrink until it fits
+        prompt = build_prompt(tokenizer.decode(review_ids[:budget], skip_special_tokens=True), task)
+        if budget == 0 or len(tokenizer(prompt)["input_ids"]) <= max_prompt_tokens:
+            return prompt
+        budget -= 1
+
+
+def answer_token_budget(task: TaskSpec, tokenizer) -> int:
+    """``max_new_tokens`` for ``generate``: the longest valid answer of the task, plus EOS and slack."""
+    if task.name in LOGLIK_TASKS:
+        longest = [" " + name for name in task.label_names]
+    elif task.name == "aspects":
+        worst = min(task.polarities, key=lambda p: -len(str(p)))
+        full = ", ".join(f"{k}{worst}" for k in task.keywords)
+        longest = [" " + full, " " + EMPTY_ASPECTS_ANSWER]
+    else:
+        longest = [" -0.000123456", " 12345.6"]
+    return max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in longest) + 4
+
+
+def _predict_generate(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
+    task, tok = system.task, system.tokenizer
+    max_new = answer_token_budget(task, tok)
+    budget = system.max_length - max_new if system.max_length else None
+    prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
+    answers = generate_answers(system.model, tok, prompts, max_new_tokens=max_new, batch_size=batch_size,
+                               progress=progress)  # fmt: skip
+    out = []
+    for r, answer in zip(records, answers, strict=True):
+        pred = empty_prediction(r["id"])
+        pred["raw"] = answer
+        parsed = parse_answer(answer, task)
+        if parsed.valid:
+            pred.update(label=parsed.label, aspects=parsed.aspects, score=parsed.score)
+        else:
+            pred.update(invalid=True, invalid_reason=parsed.reason)
+        out.append(pred)
+    return out
+
+
+def _predict_loglik(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
+    task, tok = system.task, system.tokenizer
+    if task.name not in LOGLIK_TASKS:
+        raise ValueError(f"scoring 'loglik' needs a closed label set ({', '.join(LOGLIK_TASKS)}), not {task.name!r}")
+    completions = [" " + name for name in task.label_names]
+    longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
+    budget = system.max_length - longest if system.max_length else None
+    prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
+    scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress)
+    probs = loglik_probs(scores)
+    out = []
+    for r, row in zip(records, probs, strict=True):
+        pred = empty_prediction(r["id"])
+        pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
+        out.append(pred)
+    return out
+
+
+@torch.inference_mode()
+def _classifier_outputs(system: System, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    """Raw logits ``[n, num_labels]`` of one classifier, batched by length (dynamic padding)."""
+    model, tok = system.model, system.tokenizer
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
+    bar = tqdm(total=len(texts), desc=desc, unit="input", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_length, padding=True,
+                  return_tensors="pt")  # fmt: skip
+        out = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+        logits[idx] = out
+        bar.update(len(idx))
+    bar.close()
+    return logits
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _label_order(model_labels: list[str], wanted: list[str], what: str) -> list[int]:
+    """Column of each wanted label in the model's output; the model's own order when it has generic names."""
+    if sorted(model_labels) == sorted(wanted):
+        return [model_labels.index(w) for w in wanted]
+    if len(model_labels) == len(wanted):
+        return list(range(len(wanted)))  # e.g. LABEL_0, LABEL_1: trained in the task's order
+    raise ValueError(f"{what}: model has labels {model_labels}, the task needs {wanted}")
+
+
+def _predict_classifier(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
+    task = system.task
+    texts = [r["text"] for r in records]
+    out = [empty_prediction(r["id"]) for r in records]
+    if task.name == "regression":
+        logits = _classifier_outputs(system, texts, batch_size, progress, "Classifying")
+        for pred, row in zip(out, logits, strict=True):
+            pred["score"] = float(row[0])
+        return out
+    if task.name in LOGLIK_TASKS:
+        cols = _label_order(_id2label(system.model), task.label_names, str(system.run_dir))
+        probs = _softmax(_classifier_outputs(system, texts, batch_size, progress, "Classifying"))[:, cols]
+        for pred, row in zip(out, probs, strict=True):
+            pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
+        return out
+    # aspects: detect keywords (sigmoid >= per-keyword threshold), then one polarity per detected keyword.
+    kw, pol = system.components["keywords"], system.components["keyword_sentiment"]
+    kw_names = _id2label(kw.model)
+    detected = 1 / (1 + np.exp(-_classifier_outputs(kw, texts, batch_size, progress, "Detecting keywords")))
+    hits = detected >= kw.thresholds[None, :]
+    pairs = [(i, kw_names[j]) for i in range(len(records)) for j in np.flatnonzero(hits[i])]
+    pol_labels = _id2label(pol.model)
+    pol_cols = _label_order(pol_labels, task.polarity_names, str(pol.run_dir))
+    aspects: list[list[dict]] = [[] for _ in records]
+    if pairs:
+        pair_texts = [keyword_input(records[i]["text"], k, task) for i, k in pairs]
+        pol_logits = _classifier_outputs(pol, pair_texts, batch_size, progress, "Keyword polarity")[:, pol_cols]
+        for (i, k), row in zip(pairs, pol_logits, strict=True):
+            aspects[i].append({"keyword": k, "polarity": int(task.polarities[int(row.argmax())])})
+    order = {k: n for n, k in enumerate(task.keywords)}
+    for pred, a in zip(out, aspects, strict=True):
+        pred["aspects"] = sorted(a, key=lambda x: order[x["keyword"]])
+    return out
+
+
+def predict(
+    system: System,
+    records: list[dict],
+    scoring: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[dict]:
+    """One prediction dict per record, in order. ``scoring``: ``generate``/``loglik`` (generative runs),
+    ``classifier`` (or ``None``: the system's first mode)."""
+    scoring = scoring or system.scoring_modes[0]
+    if scoring not in system.scoring_modes:
+        raise ValueError(
+            f"{system.run_dir}: scoring {scoring!r} is not available for a {system.kind} run on task "
+            f"{system.task.name!r}; choose one of {', '.join(system.scoring_modes)}"
+        )
+    if not records:
+        return []
+    if scoring == "generate":
+        return _predict_generate(system, records, batch_size, progress)
+    if scoring == "loglik":
+        return _predict_loglik(system, records, batch_size, progress)
+    return _predict_classifier(system, records, batch_size, progress)

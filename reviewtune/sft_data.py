@@ -1,0 +1,154 @@
+"""Records -> prompt/completion datasets for ``trl.SFTTrainer``, plus the SFT recipe's own arguments.
+
+Reviews are cut to a token budget when the prompt is built (``reviewtune.prompts.to_instruction``), never
+the answer; shortened examples are counted, and an example whose answer alone cannot fit is dropped
+and counted. Only ``prompt`` and ``completion`` columns reach the trainer, so trl appends the
+end-of-sequence token to the completion and computes the loss on the completion only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from reviewtune.prompts import to_instruction
+from reviewtune.records import drop_reason, read_records
+from reviewtune.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+TOO_LONG = "answer_exceeds_max_length"
+
+
+@dataclass
+class SFTScriptArguments:
+    """Options of ``recipes/sft_qlora.py`` that neither the data, SFTConfig nor ModelConfig cover."""
+
+    merge: bool = field(
+        default=False,
+        metadata={"help": "After training, write output_dir/merged: the adapter merged into the de-quantised base."},
+    )
+    num_sample_predictions: int = field(
+        default=8, metadata={"help": "Test reviews answered before and after training (sample_predictions.json)."}
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "Generation budget for the sample predictions."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Batch size for the sample predictions."})
+
+
+@dataclass
+class ShorteningStats:
+    """How the records became examples: kept = total - dropped; ``shortened`` reviews were cut."""
+
+    total: int = 0
+    kept: int = 0
+    shortened: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def load_task_records(path: str | Path, task: TaskSpec) -> tuple[list[dict], dict[str, int]]:
+    """Records of ``path`` usable for ``task``, and the dropped ones counted by reason."""
+    kept, dropped = [], collections.Counter()
+    for record in read_records(path):
+        reason = drop_reason(record, task)
+        if reason is None:
+            kept.append(record)
+        else:
+            dropped[reason] += 1
+    if dropped:
+        n_dropped = sum(dropped.values())
+        logger.warning("%s: dropped %d of %d records: %s", path, n_dropped, len(kept) + n_dropped, dict(dropped))
+    if not kept:
+        raise ValueError(f"{path}: no usable records for task {task.name} (dropped: {dict(dropped)})")
+    return kept, dict(dropped)
+
+
+def split_validation(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded slice of ``records`` held out for evaluation: (train, validation)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(records) * fraction))
+    val_idx = set(order[:n_val])
+    return [r for i, r in enumerate(records) if i not in val_idx], [records[i] for i in sorted(val_idx)]
+
+
+def _to_example(record: dict, task: TaskSpec, tokenizer, max_length: int | None) -> dict:
+    example = to_instruction(record, task, tokenizer, max_length)
+    too_long = False
+    if example["shortened"]:
+        # The review was cut to nothing and the answer still does not fit: trl would cut the answer.
+        n = len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) + 1
+        too_long = n > max_length
+    return {**example, "too_long": too_long}
+
+
+def instruction_dataset(
+    records: list[dict], task: TaskSpec, tokenizer, max_length: int | None, desc: str = "Building prompts"
+) -> tuple[Dataset, ShorteningStats]:
+    """``Dataset`` with exactly the columns ``prompt`` and ``completion`` (+ the shortening statistics)."""
+    base = Dataset.from_dict({"text": [r["text"] for r in records], "_idx": list(range(len(records)))})
+    labelled = base.map(
+        lambda ex: _to_example({**records[ex["_idx"]], "text": ex["text"]}, task, tokenizer, max_length),
+        remove_columns=["text", "_idx"],
+        desc=desc,
+    )
+    flags = list(zip(labelled["shortened"], labelled["too_long"], strict=True))
+    kept = labelled.filter(lambda ex: not ex["too_long"], desc="Dropping over-long answers")
+    stats = ShorteningStats(total=len(records), kept=len(kept), shortened=sum(s and not t for s, t in flags))
+    if len(kept) < len(records):
+        stats.dropped[TOO_LONG] = len(records) - len(kept)
+        logger.warning("%d example(s) dropped: the answer alone exceeds max_length=%s", stats.dropped[TOO_LONG],
+                       max_length)  # fmt: skip
+    return kept.select_columns(["prompt", "completion"]), stats
+
+
+@torch.no_grad()
+def packing_keeps_examples_apart(model, tokenizer, examples: list[dict], atol: float = 1e-4) -> tuple[bool, float]:
+    """Whether a padding-free (packed) batch gives each example the same loss as running it alone.
+
+    Packing relies on the attention implementation to keep examples apart: FlashAttention reads the
+    sequence boundaries, and transformers' sdpa/eager masks derive a block-diagonal mask from the
+    position ids for models that build their masks with ``create_causal_mask``. Other models would let
+    examples attend to each other, so the recipe checks this on real examples before packing.
+    Returns (ok, largest absolute difference of the per-example mean losses).
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    seqs = []
+    for ex in examples:
+        prompt_ids = tokenizer(ex["prompt"])["input_ids"]
+        ids = tokenizer(ex["prompt"] + ex["completion"] + tokenizer.eos_token)["input_ids"]
+        labels = [-100] * len(prompt_ids) + ids[len(prompt_ids) :]
+        seqs.append({"input_ids": ids, "labels": labels})
+
+    def per_example_losses(logits, labels, spans):
+        losses = []
+        for start, end in spans:
+            lg, lb = logits[start : end - 1], labels[start + 1 : end]
+            losses.append(torch.nn.functional.cross_entropy(lg.float(), lb, ignore_index=-100).item())
+        return losses
+
+    alone = []
+    for s in seqs:
+        batch = {k: torch.tensor([v], device=device) for k, v in s.items()}
+        logits = model(input_ids=batch["input_ids"]).logits[0]
+        alone += per_example_losses(logits, batch["labels"][0], [(0, len(s["input_ids"]))])
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    packed = collator(seqs)
+    logits = model(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device)).logits[0]
+    bounds = packed["cu_seq_lens_q"].tolist()
+    together = per_example_losses(logits, torch.tensor(sum((s["labels"] for s in seqs), []), device=device),
+                                  list(zip(bounds[:-1], bounds[1:], strict=True)))  # fmt: skip
+    model.train(was_training)
+    diff = max(abs(a - b) for a, b in zip(alone, together, strict=True))
+    return diff <= atol, diff

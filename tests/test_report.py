@@ -1,0 +1,238 @@
+"""The report: schema validation, pairwise tests, the three files and their content."""
+
+import copy
+import json
+import re
+
+import pytest
+
+from reviewtune.baselines import fit_baseline
+from reviewtune.metrics import task_metrics
+from reviewtune.records import make_record
+from reviewtune.report import (
+    COST_KEYS,
+    disagreement_examples,
+    render_markdown,
+    validate_report_schema,
+    write_report,
+)
+from reviewtune.tasks import get_task
+
+GOOD = ["정말 좋아요", "아주 좋아요", "너무 좋아요 최고", "좋아요 만족"]
+BAD = ["정말 별로예요", "아주 별로예요", "너무 별로 실망", "별로예요 실망"]
+
+
+def _cost(**kw):
+    return {k: None for k in COST_KEYS} | kw
+
+
+@pytest.fixture(scope="module")
+def sentiment_case():
+    """Three systems on the same 24 test records: two baselines and a 'generative' one with invalid outputs."""
+    task = get_task("sentiment")
+    train = [make_record(f"tr{i}", t, sentiment=1) for i, t in enumerate(GOOD * 3)]
+    train += [make_record(f"tr{i + 12}", t, sentiment=0) for i, t in enumerate(BAD * 2)]
+    test = [make_record(f"te{i}", t, sentiment=1) for i, t in enumerate(GOOD * 3)]
+    test += [make_record(f"te{i + 12}", t, sentiment=0) for i, t in enumerate(BAD * 3)]
+    preds = {name: fit_baseline(name, task, train).predict(test) for name in ("majority", "tfidf_lr")}
+    # 'sft': right on the first 20, invalid on the last 4 (all negatives)
+    preds["sft (generate)"] = [
+        {
+            "id": r["id"],
+            "label": r["sentiment"],
+            "probs": None,
+            "aspects": None,
+            "score": None,
+            "invalid": False,
+            "invalid_reason": None,
+        }
+        if i < 20
+        else {
+            "id": r["id"],
+            "label": None,
+            "probs": None,
+            "aspects": None,
+            "score": None,
+            "invalid": True,
+            "invalid_reason": "unknown_label",
+        }
+        for i, r in enumerate(test)
+    ]
+    kinds = {"majority": "baseline", "tfidf_lr": "baseline", "sft (generate)": "generative"}
+    systems = [
+        {
+            "name": name,
+            "kind": kinds[name],
+            "scoring": "generate" if kinds[name] == "generative" else "predict",
+            "run_dir": None,
+            "metrics": task_metrics(task, test, p, n_resamples=200),
+            "cost": _cost(
+                throughput_per_s=100.0 * (i + 1),
+                batch_size=8,
+                latency_p50_ms=1.5,
+                latency_p95_ms=3.0,
+                total_params=1000 * i,
+                trainable_params=10 * i,
+                train_runtime_s=2.0,
+            ),
+        }
+        for i, (name, p) in enumerate(preds.items())
+    ]
+    report = {"task": task, "test_file": "data/test/records.jsonl", "subsample": None, "systems": systems}
+    return task, test, preds, report
+
+
+def test_write_report_files_and_schema(tmp_path, sentiment_case):
+    task, test, preds, report = sentiment_case
+    paths = write_report(tmp_path, report, test, preds)
+    assert {p.name for p in paths.values()} == {"report.json", "report.md", "report.html"}
+    data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    validate_report_schema(data)
+    assert [s["name"] for s in data["systems"]] == ["majority", "tfidf_lr", "sft (generate)"]
+    assert data["n_examples"] == 24 and data["subsample"] is None and data["task"]["name"] == "sentiment"
+    assert set(data["systems"][2]["cost"]) == set(COST_KEYS)
+    assert data["systems"][2]["metrics"]["invalid_rate"] == pytest.approx(4 / 24)
+    assert "versions" in data["provenance"]
+    # every pair tested; majority (always 긍정: right on the 12 positives) vs sft (right on the first 20):
+    # majority-only right: none; sft-only right: te12..te19 (8) -> b = 0, c = 8, exact p = 2 * 0.5**8
+    assert len(data["pairwise"]) == 3
+    pair = next(p for p in data["pairwise"] if (p["system_a"], p["system_b"]) == ("majority", "sft (generate)"))
+    assert (pair["b"], pair["c"], pair["method"]) == (0, 8, "exact_binomial")
+    assert pair["p_value"] == pytest.approx(2 * 0.5**8)
+    assert pair["accuracy_a"] == pytest.approx(0.5) and pair["accuracy_b"] == pytest.approx(20 / 24)
+    assert pair["significant"] is True
+    # disagreements: majority differs from sft on the 12 negatives (8 predicted 부정, 4 invalid)
+    assert data["n_disagreements"] >= 12
+    ids = {d["id"] for d in data["disagreements"]}
+    assert {f"te{i}" for i in range(12, 24)} <= ids
+    invalid_shown = next(d for d in data["disagreements"] if d["id"] == "te23")
+    assert invalid_shown["predictions"]["sft (generate)"] == "invalid (unknown_label)"
+    assert invalid_shown["correct"] == {"majority": False, "tfidf_lr": True, "sft (generate)": False}
+
+
+def test_markdown_summary_first_then_detail(tmp_path, sentiment_case):
+    task, test, preds, report = sentiment_case
+    write_report(tmp_path, report, test, preds)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert md.index("## Head-to-head") < md.index("## Paired tests") < md.index("## Per-class detail")
+    table = md[md.index("## Head-to-head") : md.index("Recommendation:")]
+    for header in (
+        "Accuracy [95% CI]",
+        "Macro-F1 [95% CI]",
+        "Invalid",
+        "Latency p50 (ms)",
+        "Latency p95 (ms)",
+        "Throughput (/s)",
+        "Peak memory",
+        "Params (trainable / total)",
+        "Size on disk",
+        "Train time",
+    ):
+        assert header in table
+    sft_row = next(line for line in table.splitlines() if line.startswith("| sft (generate)"))
+    assert "0.833 [" in sft_row and "16.7%" in sft_row and "300.0 (batch 8)" in sft_row
+    # the recommendation follows from the numbers: sft has the best accuracy... unless tfidf ties it
+    data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    best = max(data["systems"], key=lambda s: s["metrics"]["accuracy"])
+    assert f"**{best['name']}** has the best accuracy" in md
+    assert "All 24 examples of `data/test/records.jsonl`" in md
+    assert render_markdown(data) == md  # the documents are rebuilt from report.json alone
+
+
+def test_html_is_self_contained_with_plots_and_highlights(tmp_path, sentiment_case):
+    task, test, preds, report = sentiment_case
+    examples, total = disagreement_examples(task, test, preds)
+    examples[0]["highlights"] = {"tfidf_lr": [0.0] * (len(examples[0]["text"].split()) - 1) + [0.9]}
+    report = {**report, "disagreements": examples, "n_disagreements": total}
+    write_report(tmp_path, report, test, preds)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    # scatter + F1 bars + one confusion matrix per system, all embedded
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', page)) == 5
+    assert not re.search(r'(src|href)="https?:', page)
+    last_word = examples[0]["text"].split()[-1]
+    assert re.search(rf"<mark[^>]*>{re.escape(last_word)}</mark>", page)
+    assert "Where the systems disagree" in page and 'class="bad"' in page and 'class="ok"' in page
+
+
+def test_validate_report_schema_catches_problems(tmp_path, sentiment_case):
+    task, test, preds, report = sentiment_case
+    write_report(tmp_path, report, test, preds)
+    good = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    validate_report_schema(good)
+
+    def broken(edit):
+        bad = copy.deepcopy(good)
+        edit(bad)
+        return bad
+
+    cases = {
+        "missing top-level key 'pairwise'": lambda r: r.pop("pairwise"),
+        "cost missing 'latency_p95_ms'": lambda r: r["systems"][0]["cost"].pop("latency_p95_ms"),
+        "kind is 'llm'": lambda r: r["systems"][1].update(kind="llm"),
+        "duplicate name": lambda r: r["systems"][1].update(name="majority"),
+        "metrics missing 'macro_f1'": lambda r: r["systems"][2]["metrics"].pop("macro_f1"),
+        "non-finite number": lambda r: r["systems"][0]["cost"].update(throughput_per_s=float("nan")),
+        "cost.total_params is not a number": lambda r: r["systems"][0]["cost"].update(total_params="1M"),
+        "expected 3 (every pair)": lambda r: r["pairwise"].pop(),
+        "subsample must be null": lambda r: r.update(subsample={"n": 10}),
+        "highlights must be null": lambda r: r["disagreements"][0].update(highlights=["x"]),
+    }
+    for message, edit in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            validate_report_schema(broken(edit))
+
+
+def test_write_report_refuses_misaligned_predictions(tmp_path, sentiment_case):
+    task, test, preds, report = sentiment_case
+    shuffled = {**preds, "tfidf_lr": list(reversed(preds["tfidf_lr"]))}
+    with pytest.raises(ValueError, match="not aligned"):
+        write_report(tmp_path, report, test, shuffled)
+    with pytest.raises(ValueError, match="differ"):
+        write_report(tmp_path, report, test, {k: v for k, v in preds.items() if k != "majority"})
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_aspects_report_with_subsample(tmp_path):
+    task = get_task("aspects", keywords=["가격", "배송"])
+    a, b = [{"keyword": "배송", "polarity": 1}], [{"keyword": "가격", "polarity": -1}]
+    test = [make_record(f"t{i}", f"리뷰 {i}", aspects=a if i % 2 else b) for i in range(10)]
+
+    def pred(r, aspects):
+        return {
+            "id": r["id"],
+            "label": None,
+            "probs": None,
+            "aspects": aspects,
+            "score": None,
+            "invalid": False,
+            "invalid_reason": None,
+        }
+
+    preds = {"gold-ish": [pred(r, r["aspects"]) for r in test], "always-a": [pred(r, a) for r in test]}
+    systems = [
+        {
+            "name": n,
+            "kind": "classifier",
+            "scoring": "classifier",
+            "run_dir": "runs/x",
+            "metrics": task_metrics(task, test, p, n_resamples=100),
+            "cost": _cost(),
+        }
+        for n, p in preds.items()
+    ]
+    report = {
+        "task": task.to_dict(),
+        "test_file": "t.jsonl",
+        "subsample": {"n": 10, "seed": 3, "total": 99},
+        "systems": systems,
+    }
+    write_report(tmp_path, report, test, preds)
+    data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    validate_report_schema(data)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "subsample of 10 of the 99 examples" in md and "(seed 3)" in md
+    assert "Keyword micro-F1 [95% CI]" in md and "Exact match [95% CI]" in md
+    # gold-ish is right on all 10, always-a on the 5 odd ones: b = 5, c = 0
+    assert (data["pairwise"][0]["b"], data["pairwise"][0]["c"]) == (5, 0)
+    assert data["n_disagreements"] == 5
+    assert data["disagreements"][0]["predictions"] == {"gold-ish": "가격-1", "always-a": "배송1"}
