@@ -30,16 +30,20 @@ class PrepareArguments:
     out: str = field(metadata={"help": "Output directory."})
     input: str | None = field(default=None, metadata={"help": "Input file, or datasets name/path (not synthetic)."})
     # --- columns (csv, jsonl, hf; nsmc-raw: text/label/id)
-    text_column: str | None = field(default=None, metadata={"help": "Review text column (default: text)."})
-    label_column: str | None = field(default=None, metadata={"help": "Class column (default: label or sentiment)."})
-    id_column: str | None = field(default=None, metadata={"help": "Id column (default: id if present, else line)."})
-    aspects_column: str | None = field(
-        default=None, metadata={"help": "Aspects as a JSON list or answer text '디자인1, 배송-1' (default: aspects)."}
+    text_column: str | None = field(default=None, metadata={"help": "Review text column, if not text."})
+    label_column: str | None = field(default=None, metadata={"help": "Class column, if not label or sentiment."})
+    id_column: str | None = field(
+        default=None, metadata={"help": "Id column, if not id (no id column: file name + line)."}
     )
-    score_column: str | None = field(default=None, metadata={"help": "Regression target (default: score)."})
+    aspects_column: str | None = field(
+        default=None, metadata={"help": "Aspects column (JSON list or answer text '디자인1, 배송-1'), if not aspects."}
+    )
+    score_column: str | None = field(
+        default=None, metadata={"help": "Regression target column, if not score or label."}
+    )
     meta_columns: str | None = field(default=None, metadata={"help": "Extra columns kept in meta, e.g. shop,category."})
-    delimiter: str | None = field(default=None, metadata={"help": "csv delimiter (default ',', '\\t' for .tsv)."})
-    hf_split: str | None = field(default=None, metadata={"help": "hf: the split to read (default: all)."})
+    delimiter: str | None = field(default=None, metadata={"help": "csv delimiter; unset: ',' ('\\t' for .tsv)."})
+    hf_split: str | None = field(default=None, metadata={"help": "hf: the split to read; unset: all of them."})
     hf_config: str | None = field(default=None, metadata={"help": "hf: dataset configuration name."})
     # --- validation
     encoding: str = field(default="utf-8", metadata={"help": "File encoding: utf-8 (BOM accepted), cp949, euc-kr."})

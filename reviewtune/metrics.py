@@ -61,7 +61,7 @@ def classification_metrics(
         raise ValueError("no examples to score")
     labels = list(range(len(label_names)))
     yt = np.asarray(y_true, dtype=int)
-    yp = np.array([_INVALID_ID if p is None else int(p) for p in y_pred], dtype=int)
+    yp = _label_array(y_pred)
     if not set(yt.tolist()) <= set(labels):
         raise ValueError(f"y_true has labels outside 0..{len(labels) - 1}: {sorted(set(yt.tolist()) - set(labels))}")
     if not set(yp.tolist()) <= set(labels) | {_INVALID_ID}:
@@ -321,6 +321,13 @@ def expected_calibration_error(probs, y_true: Sequence[int], n_bins: int = 15) -
     return float(ece)
 
 
+def _label_array(y_pred: Sequence[int | None]) -> np.ndarray:
+    """Predicted labels as ints, ``-1`` for invalid (``None``)."""
+    if isinstance(y_pred, np.ndarray) and y_pred.dtype.kind in "iu":
+        return y_pred
+    return np.asarray([_INVALID_ID if p is None else p for p in y_pred], dtype=int)
+
+
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int | None], num_labels: int) -> float:
     """Macro-F1 over labels ``0..num_labels-1`` (``None`` = invalid), the statistic for bootstrap CIs.
 
@@ -329,7 +336,7 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int | None], num_labels: in
     1000 resamples per system multiply into most of a report's run time.
     """
     yt = np.asarray(y_true, dtype=int)
-    yp = np.asarray([_INVALID_ID if p is None else p for p in y_pred], dtype=int)
+    yp = _label_array(y_pred)
     tp = np.bincount(yt[yt == yp], minlength=num_labels)[:num_labels]
     n_true = np.bincount(yt, minlength=num_labels)[:num_labels]
     n_pred = np.bincount(yp[yp >= 0], minlength=num_labels)[:num_labels]
@@ -382,6 +389,7 @@ def task_metrics(
         out = classification_metrics(true, pred, task.label_names, probs if any(probs) else None)
         k = len(task.label_names)
         ci = {"accuracy": per_example_correct(task.name, true, pred), "macro_f1": lambda t, q: macro_f1(t, q, k)}
+        ci_data = {"macro_f1": (np.asarray(true, dtype=int), _label_array(pred))}  # int arrays: fast resampling
     elif task.name == "aspects":
         out = aspect_metrics(true, pred, task.keywords)
         # Micro-F1 = 2 sum(TP) / (sum(gold) + sum(predicted)): resample per-example keyword counts.

@@ -66,7 +66,7 @@ QUALITY_COLUMNS = {
         ("macro_f1", "Keyword macro-F1"),
         ("polarity_accuracy", "Polarity acc."),
         ("exact_match", "Exact match"),
-    ),  # fmt: skip
+    ),
     "regression": (("mae", "MAE"), ("mse", "MSE"), ("pearson", "Pearson"), ("spearman", "Spearman")),
 }
 CORRECT_WHEN = {
@@ -74,6 +74,14 @@ CORRECT_WHEN = {
     "sentiment5": "predicted label = gold label",
     "aspects": "predicted aspect set = gold set (keywords and polarities)",
     "regression": f"|predicted - gold| <= {REGRESSION_TOLERANCE:g}",
+}
+INVALID_NOTE = {
+    "sentiment": "Invalid outputs count as wrong.",
+    "sentiment5": "Invalid outputs count as wrong.",
+    "aspects": "Invalid outputs count as detecting no keyword and are never an exact match. Keyword macro-F1 "
+    "averages over the keywords present in the gold labels or the predictions.",
+    "regression": "Invalid outputs are left out of MAE, MSE and the correlations (see the invalid rate) and "
+    "count as wrong in the paired tests.",
 }
 ALPHA = 0.05  # significance level of the pairwise McNemar tests (uncorrected for multiple comparisons)
 MAX_DISAGREEMENTS = 50
@@ -130,11 +138,14 @@ def disagreement_examples(
     records: Sequence[dict],
     predictions_by_system: dict[str, list[dict]],
     max_examples: int = MAX_DISAGREEMENTS,
+    first: Sequence[str] = (),
 ) -> tuple[list[dict], int]:
-    """Examples where the systems' predictions differ (record order, at most ``max_examples``), and their count.
+    """Examples where the systems' predictions differ (at most ``max_examples``), and how many there are.
 
-    Each: ``id``, ``text``, ``gold``, ``predictions`` and ``correct`` per system, ``highlights`` (``None``;
-    callers may set ``{system: [score per whitespace-separated word]}`` before writing the report).
+    Examples on which the systems named in ``first`` (e.g. the trained models, not the baselines)
+    disagree among themselves come first; otherwise record order. Each example: ``id``, ``text``,
+    ``gold``, ``predictions`` and ``correct`` per system, ``highlights`` (``None``; callers may set
+    ``{system: [score per whitespace-separated word]}`` before writing the report).
     """
     gold = gold_values(task.name, records)
     shown = {
@@ -145,26 +156,25 @@ def disagreement_examples(
         for name, p in predictions_by_system.items()
     }
     reasons = {name: [p.get("invalid_reason") for p in preds] for name, preds in predictions_by_system.items()}
-    examples, total = [], 0
-    for i, record in enumerate(records):
-        if len({shown[name][i] for name in shown}) < 2:
-            continue
-        total += 1
-        if len(examples) < max_examples:
-            examples.append(
-                {
-                    "id": str(record["id"]),
-                    "text": record["text"],
-                    "gold": _display(task, gold[i]),
-                    "predictions": {
-                        n: shown[n][i] + (f" ({reasons[n][i]})" if shown[n][i] == "invalid" and reasons[n][i] else "")
-                        for n in shown
-                    },
-                    "correct": {n: bool(correct[n][i]) for n in shown},
-                    "highlights": None,
-                }
-            )
-    return examples, total
+    first = [n for n in first if n in shown]
+    differing = [i for i in range(len(records)) if len({shown[n][i] for n in shown}) > 1]
+    differing.sort(key=lambda i: (len({shown[n][i] for n in first}) < 2, i))
+    examples = []
+    for i in differing[:max_examples]:
+        examples.append(
+            {
+                "id": str(records[i]["id"]),
+                "text": records[i]["text"],
+                "gold": _display(task, gold[i]),
+                "predictions": {
+                    n: shown[n][i] + (f" ({reasons[n][i]})" if shown[n][i] == "invalid" and reasons[n][i] else "")
+                    for n in shown
+                },
+                "correct": {n: bool(correct[n][i]) for n in shown},
+                "highlights": None,
+            }
+        )
+    return examples, len(differing)
 
 
 def write_report(
@@ -198,7 +208,8 @@ def write_report(
     report.setdefault("n_examples", len(records))
     report.setdefault("pairwise", pairwise_tests(task, records, ordered))
     if "disagreements" not in report:
-        examples, total = disagreement_examples(task, records, ordered, max_disagreements)
+        models = [s["name"] for s in report["systems"] if s.get("kind") != "baseline"]
+        examples, total = disagreement_examples(task, records, ordered, max_disagreements, first=models)
         report["disagreements"] = examples
         report["n_disagreements"] = total
     report.setdefault("provenance", provenance(data_files={"test_file": report.get("test_file")}))
@@ -429,7 +440,9 @@ def recommendation(report: dict) -> str:
         return f"No system has a {metric} value; nothing to recommend."
     ranked = sorted(scored, key=lambda s: s["metrics"][metric], reverse=metric not in LOWER_IS_BETTER)
     best = ranked[0]
-    text = f"**{best['name']}** has the best {metric} ({best['metrics'][metric]:.3f})"
+    text = f"**{best['name']}** has the best {metric} ({best['metrics'][metric]:.3f}"
+    invalid = best["metrics"].get("invalid_rate") or 0.0
+    text += f", with {invalid:.1%} invalid outputs)" if invalid else ")"
     if len(ranked) == 1:
         return text + "."
     second = ranked[1]
@@ -442,7 +455,13 @@ def recommendation(report: dict) -> str:
     if test["significant"]:
         return text + f", and the difference is significant (McNemar p = {test['p_value']:.3g} < {ALPHA})."
     faster = _faster(best, second)
-    tail = f"; {faster['name']} is the cheaper choice at equal quality" if faster else ""
+    tail = ""
+    if faster:
+        slower = second if faster is best else best
+        tail = (
+            f"; {faster['name']} is the faster of the two ({faster['cost']['throughput_per_s']:.1f} vs "
+            f"{slower['cost']['throughput_per_s']:.1f} reviews/s)"
+        )
     return text + f", but the difference is not significant (McNemar p = {test['p_value']:.3g}){tail}."
 
 
@@ -508,6 +527,8 @@ def _detail_tables(report: dict, s: dict) -> list[str]:
         header = ["true \\ predicted", *cm["columns"]]
         rows = [[label, *map(str, row)] for label, row in zip(cm["labels"], cm["matrix"], strict=True)]
         parts.append("Confusion matrix (rows: true, columns: predicted)\n\n" + _md_table(header, rows))
+    if "n_valid" in m:
+        parts.append(f"{m['n_valid']} of {m['n']} predictions are valid numbers.")
     if m.get("invalid_reasons"):
         parts.append("Invalid outputs: " + ", ".join(f"{k}: {v}" for k, v in m["invalid_reasons"].items()))
     return parts
@@ -528,7 +549,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Recommendation: {recommendation(report)}",
         "",
-        f"Quality: point estimate [95% percentile bootstrap interval]. Invalid outputs count as wrong. "
+        f"Quality: point estimate [95% percentile bootstrap interval]. {INVALID_NOTE[task_name]} "
         f"Latency: per review at batch 1; throughput at the batch size shown. Primary metric: "
         f"`{PRIMARY_METRIC[task_name]}`.",
         "",
@@ -577,8 +598,18 @@ def render_markdown(report: dict) -> str:
 @functools.cache
 def _hangul_font() -> str | None:
     """Name of an installed font with Hangul glyphs, or ``None`` (matplotlib's default DejaVu has none)."""
+    import importlib.util
+
     from matplotlib import font_manager, ft2font
 
+    # NanumGothic ships in the koreanize-matplotlib wheel (a dependency). Register the file directly:
+    # importing that package runs code that needs distutils, which Python 3.12 removed.
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec and spec.submodule_search_locations:
+        nanum = Path(spec.submodule_search_locations[0]) / "fonts" / "NanumGothic.ttf"
+        if nanum.is_file():
+            font_manager.fontManager.addfont(str(nanum))
+            return "NanumGothic"
     for entry in font_manager.fontManager.ttflist:
         if "last resort" in entry.name.lower():  # maps every code point to a placeholder box
             continue
@@ -601,13 +632,21 @@ def _plot_labels(names: Sequence[str], prefix: str) -> tuple[list[str], dict[str
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas, safe in any process
 
-    font = _hangul_font()
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    if font:
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _with_font(plot):
+    """Run a plot function with a Hangul-capable font when one is installed (without changing global rcParams)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
         import matplotlib
 
-        matplotlib.rcParams["font.family"] = [font, "DejaVu Sans"]
-    return fig
+        font = _hangul_font()
+        with matplotlib.rc_context({"font.family": [font, "DejaVu Sans"]} if font else {}):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _png_base64(fig) -> str:
@@ -616,6 +655,7 @@ def _png_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@_with_font
 def plot_confusion_matrix(system: dict) -> tuple[str, dict[str, str]] | None:
     """Base64 PNG of one system's confusion matrix (rows normalised for colour, counts written)."""
     cm = system["metrics"].get("confusion_matrix")
@@ -639,6 +679,7 @@ def plot_confusion_matrix(system: dict) -> tuple[str, dict[str, str]] | None:
     return _png_base64(fig), key
 
 
+@_with_font
 def plot_f1_bars(report: dict) -> tuple[str, dict[str, str]] | None:
     """Base64 PNG of per-class (per-keyword for aspects) F1, one bar per system."""
     systems = [s for s in report["systems"] if s["metrics"].get("per_class") or s["metrics"].get("per_keyword")]
@@ -661,6 +702,7 @@ def plot_f1_bars(report: dict) -> tuple[str, dict[str, str]] | None:
     return _png_base64(fig), key
 
 
+@_with_font
 def plot_quality_vs_throughput(report: dict) -> str | None:
     """Base64 PNG: primary metric against throughput (log scale), one labelled point per system."""
     metric = PRIMARY_METRIC[report["task"]["name"]]

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
+from reviewtune.classifier import load_thresholds, model_max_length
 from reviewtune.generation import generate_answers, label_loglik, loglik_probs
 from reviewtune.prompts import build_prompt, keyword_input, parse_answer
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
@@ -43,7 +44,8 @@ class System:
     tokenizer: Any = None
     components: dict[str, System] = field(default_factory=dict)  # aspect classifier: keywords, keyword_sentiment
     thresholds: np.ndarray | None = None  # keywords model: one decision threshold per keyword
-    max_length: int | None = None  # longest input (in tokens) the model was trained on / can take
+    max_length: int | None = None  # longest input (tokens) the run trained on
+    positions: int | None = None  # longest sequence the model can take at all
     weight_paths: list[Path] = field(default_factory=list)  # every file a deployment needs (size on disk)
 
     @property
@@ -92,11 +94,15 @@ def _read_task(run_dir: Path) -> TaskSpec:
     return TaskSpec.load(run_dir)
 
 
+_SERVING_FILES = (
+    "*.safetensors", "config.json", "generation_config.json", "adapter_config.json", "tokenizer*",
+    "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "thresholds.json", "task_spec.json",
+)  # fmt: skip
+
+
 def _weight_files(directory: Path) -> list[Path]:
-    """Model/adapter weights and tokenizer/config files directly in ``directory`` (not sub-runs, checkpoints)."""
-    suffixes = (".safetensors", ".json", ".model", ".txt", ".bin")
-    skip = {"run_summary.json", "token_freqs.json", "classification_report.json", "trainer_state.json"}
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in suffixes and p.name not in skip)
+    """The files serving needs directly in ``directory``: weights, configs, tokenizer (no logs or checkpoints)."""
+    return sorted({p for pattern in _SERVING_FILES for p in directory.glob(pattern) if p.is_file()})
 
 
 def _nf4_config():
@@ -125,12 +131,16 @@ def _model_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def _max_length(model, summary: dict, default: int = 1024) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), (summary.get("config") or {}).get("max_length")]
-    if model.config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding id
-        limits[0] = limits[0] - 2 if limits[0] else None
-    limits = [int(x) for x in limits if x]
-    return min(limits) if limits else default
+def _trained_length(summary: dict) -> int | None:
+    """The ``max_length`` (tokens) the run trained with, if it recorded one."""
+    value = summary.get("max_length") or (summary.get("config") or {}).get("max_length")
+    return int(value) if value else None
+
+
+def _positions(model) -> int | None:
+    """Longest sequence the model can take (RoBERTa-style models lose positions to the padding offset)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return model_max_length(model.config, limit) if limit else None
 
 
 def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool) -> System:
@@ -179,7 +189,8 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool)
         summary=summary,
         model=model,
         tokenizer=tokenizer,
-        max_length=_max_length(model, summary),
+        max_length=_trained_length(summary),
+        positions=_positions(model),
         weight_paths=weight_paths,
     )
 
@@ -189,8 +200,10 @@ def _load_classifier_model(run_dir: Path, summary: dict):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     device = _device()
-    if (run_dir / "merged").is_dir():
-        weights_dir = run_dir / "merged"
+    # The run names the directory a pipeline loads (``merged`` for LoRA runs): scored as deployed.
+    pipeline_model = summary.get("pipeline_model")
+    if pipeline_model not in (None, ".") and (run_dir / pipeline_model / "config.json").is_file():
+        weights_dir = run_dir / pipeline_model
         model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=_model_dtype())
         paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
@@ -244,14 +257,15 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
                 summary=sub_summary,
                 model=model,
                 tokenizer=tokenizer,
-                max_length=_max_length(model, sub_summary),
+                max_length=_trained_length(sub_summary) or _trained_length(summary),
+                positions=_positions(model),
                 weight_paths=paths,
             )
         kw = parts["keywords"]
         names = _id2label(kw.model)
         if sorted(names) != sorted(task.keywords):
             raise ValueError(f"{kw.run_dir}: model labels {names} differ from the task's keywords {task.keywords}")
-        kw.thresholds = _read_thresholds(kw.run_dir, names)
+        kw.thresholds = load_thresholds(kw.run_dir, names)
         return System(
             run_dir=run_dir,
             kind="classifier",
@@ -268,29 +282,10 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
         summary=summary,
         model=model,
         tokenizer=tokenizer,
-        max_length=_max_length(model, summary),
+        max_length=_trained_length(summary),
+        positions=_positions(model),
         weight_paths=paths,
     )
-
-
-def _read_thresholds(run_dir: Path, names: list[str]) -> np.ndarray:
-    """Per-keyword thresholds in model-label order from ``thresholds.json`` (0.5 where absent)."""
-    path = run_dir / "thresholds.json"
-    if not path.is_file():
-        return np.full(len(names), 0.5)
-    data = read_json(path)
-    if isinstance(data, dict) and "thresholds" in data:
-        data = data["thresholds"]
-    if isinstance(data, list):
-        if len(data) != len(names):
-            raise ValueError(f"{path}: {len(data)} thresholds for {len(names)} keywords")
-        return np.asarray(data, dtype=float)
-    if isinstance(data, dict):
-        unknown = set(data) - set(names)
-        if unknown:
-            raise ValueError(f"{path}: thresholds for unknown keywords {sorted(unknown)}")
-        return np.asarray([float(data.get(n, 0.5)) for n in names], dtype=float)
-    raise ValueError(f"{path}: expected a list or a keyword -> threshold mapping, got {type(data).__name__}")
 
 
 def load_system(run_dir: str | Path, merged: bool = False) -> System:
@@ -345,10 +340,17 @@ def answer_token_budget(task: TaskSpec, tokenizer) -> int:
     return max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in longest) + 4
 
 
+def _prompt_budget(system: System, answer_tokens: int) -> int | None:
+    """Most prompt tokens: the trained ``max_length``, and room for the answer within the model's positions."""
+    limits = [system.max_length, system.positions - answer_tokens if system.positions else None]
+    limits = [x for x in limits if x]
+    return max(8, min(limits)) if limits else None
+
+
 def _predict_generate(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
     task, tok = system.task, system.tokenizer
     max_new = answer_token_budget(task, tok)
-    budget = system.max_length - max_new if system.max_length else None
+    budget = _prompt_budget(system, max_new)
     prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
     answers = generate_answers(system.model, tok, prompts, max_new_tokens=max_new, batch_size=batch_size,
                                progress=progress)  # fmt: skip
@@ -371,7 +373,7 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
         raise ValueError(f"scoring 'loglik' needs a closed label set ({', '.join(LOGLIK_TASKS)}), not {task.name!r}")
     completions = [" " + name for name in task.label_names]
     longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
-    budget = system.max_length - longest if system.max_length else None
+    budget = _prompt_budget(system, longest)
     prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
     scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress)
     probs = loglik_probs(scores)
@@ -390,10 +392,11 @@ def _classifier_outputs(system: System, texts: list[str], batch_size: int, progr
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
+    limit = min(x for x in (system.max_length, system.positions, 512) if x)  # as trained; longer is cut
     bar = tqdm(total=len(texts), desc=desc, unit="input", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_length, padding=True,
+        enc = tok([texts[i] for i in idx], truncation=True, max_length=limit, padding=True,
                   return_tensors="pt")  # fmt: skip
         out = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
         logits[idx] = out

@@ -68,8 +68,9 @@ class PrepReport:
 
     def check(self) -> None:
         """Assert the count identity ``read == kept + sum(dropped)``."""
-        total = self.kept + sum(self.dropped.values())
-        assert self.read == total, f"count identity broken: read {self.read} != kept {self.kept} + dropped {total}"
+        dropped = sum(self.dropped.values())
+        if self.read != self.kept + dropped:  # raised, not ``assert``: must hold under ``python -O`` too
+            raise AssertionError(f"count identity broken: read {self.read} != kept {self.kept} + dropped {dropped}")
 
     def to_dict(self) -> dict:
         self.check()
@@ -82,7 +83,7 @@ class _Where:
 
     file: str
     line: int | None = None
-    item: str | None = None  # "item 3" in a JSON array, "row 3" in a datasets dataset
+    item: str | None = None  # "item3" in a JSON array, "row 3" in a datasets dataset
 
     def __str__(self) -> str:
         if self.item is not None:
@@ -101,7 +102,7 @@ class _Columns:
 
     text: str
     label: str
-    label_kind: str  # class | rating | aspects | score
+    label_kind: str  # class (0..n-1 or a label name) | rating (1-10 stars) | stars5 (1-5) | aspects | score
     id: str | None = None
     meta: list[str] = field(default_factory=list)
     meta_dict: str | None = None  # a column holding a dict merged into meta (canonical records' "meta")
@@ -184,12 +185,18 @@ def _nfc(value: Any) -> tuple[Any, bool]:
 
 
 def _undecodable_field(fields: dict) -> str | None:
-    for k, v in fields.items():
-        if isinstance(v, str) and _SURROGATE.search(v):
-            return k
-        if isinstance(v, list | dict) and _SURROGATE.search(json.dumps(v, ensure_ascii=False)):
-            return k
-    return None
+    """The first field holding bytes that did not decode (lone surrogates), if any."""
+    return next((k for k, v in fields.items() if _has_surrogate(v)), None)
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, list | tuple):
+        return any(_has_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,8 +206,13 @@ def _undecodable_field(fields: dict) -> str | None:
 def _iter_delimited(
     text: str, path: Path, delimiter: str, quoting: int, info: dict
 ) -> tuple[list[str], Iterator[tuple[_Where, dict | _Malformed]]]:
-    """Header and rows of a delimited file (``csv`` handles quoting; one row may span lines when quoted)."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=False)
+    """Header and rows of a delimited file (``csv`` handles quoting; one row may span lines when quoted).
+
+    Unquoted files (``csv.QUOTE_NONE``, NSMC) get one physical line per row, so a stray carriage return
+    inside a line makes that row malformed instead of shifting every later line number.
+    """
+    lines = text.removesuffix("\n").split("\n") if quoting == csv.QUOTE_NONE else io.StringIO(text, newline="")
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=False)
     header = None
     prev = 0
     while header is None:
@@ -271,7 +283,7 @@ def _iter_json(text: str, path: Path) -> Iterator[tuple[_Where, dict | _Malforme
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
             item += 1
-            where = _Where(str(path), bisect.bisect_right(newlines, pos - 1) + 1, f"item {item}")
+            where = _Where(str(path), bisect.bisect_right(newlines, pos - 1) + 1, f"item{item}")
             yield where, obj if isinstance(obj, dict) else _Malformed("not a JSON object")
             pos = ws.match(text, end).end()
             if text[pos : pos + 1] == ",":
@@ -542,8 +554,9 @@ def read_source(
         keywords = task.keywords if task.name == "aspects" else None
         splits = synthetic_splits(n=n, seed=seed, keywords=keywords)
         for name, rows in splits.items():
-            cols = _task_columns(task, rows[0].keys() if rows else ("id", "text"), "text", None, "id",
-                                 "aspects", "score", None)  # fmt: skip
+            cols = _task_columns(task, rows[0].keys() if rows else ("id", "text"), text_column="text",
+                                 label_column=None, id_column="id", aspects_column="aspects", score_column="score",
+                                 meta_columns=None)  # fmt: skip
             if task.name == "sentiment":
                 cols.label = "sentiment"
             elif task.name == "sentiment5":  # the generator's 1-5 star rating (its `sentiment` is binary)
@@ -602,7 +615,7 @@ def read_source(
         if items:
             _require_columns(path, keys, cols, _HINT)
         rows = iter(items)
-    kept = (builder.add(where, fields, cols, f"{stem}-{where.line}")
+    kept = (builder.add(where, fields, cols, f"{stem}-{where.line}" if where.item is None else f"{stem}-{where.item}")
             for where, fields in _progress(rows, f"reading {path.name}"))  # fmt: skip
     out[None] = [r for r in kept if r is not None]
     report.check()
@@ -614,10 +627,15 @@ def _load_hf(name_or_path: str, split: str | None, config: str | None) -> dict[s
     import datasets
 
     p = Path(name_or_path)
+    builders = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
     if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
         ds = datasets.load_from_disk(str(p))
         if split is not None and isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{p}: no split {split!r} (splits: {', '.join(ds)})")
             ds = ds[split]
+    elif p.is_file() and p.suffix.lower() in builders:  # one local data file
+        ds = datasets.load_dataset(builders[p.suffix.lower()], data_files=str(p), split=split or "train")
     else:
         ds = datasets.load_dataset(name_or_path, config, split=split)
     if isinstance(ds, datasets.DatasetDict):
@@ -888,6 +906,8 @@ def prepare(
         result["splits"] = {name: {"kept": len(rs), "labels": label_counts(rs, task)} for name, rs in splits.items()}
     atomic_write_json(out / "prep_report.json", result)
     logger.info("prepared %s: read %d, kept %d, dropped %s", input or source, report.read, report.kept, report.dropped)
+    if report.kept == 0:
+        logger.warning("no record kept from %s; see %s", input or source, out / "prep_report.json")
     return result
 
 

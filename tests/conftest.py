@@ -63,6 +63,12 @@ def tiny_corpus_texts(n: int = 400) -> list[str]:
     return [r["text"] for r in synthetic_splits(n=n, seed=0)["train"]]
 
 
+@pytest.fixture(scope="session")
+def tiny_model_config() -> dict:
+    """``PretrainArguments`` fields (all but kind and corpus) of the tiny test models."""
+    return dict(TINY_MODEL)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_reviewtune_home(tmp_path_factory):
     """Point ``REVIEWTUNE_HOME`` at a session temp dir so tests never touch the user's cache."""

@@ -84,7 +84,7 @@ def test_cli_script_reports_bad_encoding(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--source", "nsmc", "--task", "sentiment", "--input", str(bad), "--out"]
     err = subprocess.run([*cmd, str(tmp_path / "o")], capture_output=True, text=True, env=env)
     assert err.returncode == 2, err.stderr
-    assert f"error: {bad}: not valid utf-8: byte 21 (line 2)" in err.stderr and "--encoding cp949" in err.stderr
+    assert f"error: {bad}: not valid utf-8: byte 20 (line 2)" in err.stderr and "--encoding cp949" in err.stderr
     assert len(err.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 

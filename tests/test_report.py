@@ -12,6 +12,7 @@ from reviewtune.records import make_record
 from reviewtune.report import (
     COST_KEYS,
     disagreement_examples,
+    recommendation,
     render_markdown,
     validate_report_schema,
     write_report,
@@ -20,6 +21,20 @@ from reviewtune.tasks import get_task
 
 GOOD = ["정말 좋아요", "아주 좋아요", "너무 좋아요 최고", "좋아요 만족"]
 BAD = ["정말 별로예요", "아주 별로예요", "너무 별로 실망", "별로예요 실망"]
+
+
+def _pred(record, label=None, aspects=None):
+    """A prediction dict; no label and no aspects means an invalid output."""
+    invalid = label is None and aspects is None
+    return {
+        "id": record["id"],
+        "label": label,
+        "probs": None,
+        "aspects": aspects,
+        "score": None,
+        "invalid": invalid,
+        "invalid_reason": "unknown_label" if invalid else None,
+    }
 
 
 def _cost(**kw):
@@ -36,28 +51,7 @@ def sentiment_case():
     test += [make_record(f"te{i + 12}", t, sentiment=0) for i, t in enumerate(BAD * 3)]
     preds = {name: fit_baseline(name, task, train).predict(test) for name in ("majority", "tfidf_lr")}
     # 'sft': right on the first 20, invalid on the last 4 (all negatives)
-    preds["sft (generate)"] = [
-        {
-            "id": r["id"],
-            "label": r["sentiment"],
-            "probs": None,
-            "aspects": None,
-            "score": None,
-            "invalid": False,
-            "invalid_reason": None,
-        }
-        if i < 20
-        else {
-            "id": r["id"],
-            "label": None,
-            "probs": None,
-            "aspects": None,
-            "score": None,
-            "invalid": True,
-            "invalid_reason": "unknown_label",
-        }
-        for i, r in enumerate(test)
-    ]
+    preds["sft (generate)"] = [_pred(r, label=r["sentiment"]) if i < 20 else _pred(r) for i, r in enumerate(test)]
     kinds = {"majority": "baseline", "tfidf_lr": "baseline", "sft (generate)": "generative"}
     systems = [
         {
@@ -197,18 +191,10 @@ def test_aspects_report_with_subsample(tmp_path):
     a, b = [{"keyword": "배송", "polarity": 1}], [{"keyword": "가격", "polarity": -1}]
     test = [make_record(f"t{i}", f"리뷰 {i}", aspects=a if i % 2 else b) for i in range(10)]
 
-    def pred(r, aspects):
-        return {
-            "id": r["id"],
-            "label": None,
-            "probs": None,
-            "aspects": aspects,
-            "score": None,
-            "invalid": False,
-            "invalid_reason": None,
-        }
-
-    preds = {"gold-ish": [pred(r, r["aspects"]) for r in test], "always-a": [pred(r, a) for r in test]}
+    preds = {
+        "gold-ish": [_pred(r, aspects=r["aspects"]) for r in test],
+        "always-a": [_pred(r, aspects=a) for r in test],
+    }
     systems = [
         {
             "name": n,
@@ -236,3 +222,36 @@ def test_aspects_report_with_subsample(tmp_path):
     assert (data["pairwise"][0]["b"], data["pairwise"][0]["c"]) == (5, 0)
     assert data["n_disagreements"] == 5
     assert data["disagreements"][0]["predictions"] == {"gold-ish": "가격-1", "always-a": "배송1"}
+
+
+def test_recommendation_follows_the_numbers():
+    def system(name, acc, tput, invalid=0.0):
+        return {"name": name, "metrics": {"accuracy": acc, "invalid_rate": invalid}, "cost": {"throughput_per_s": tput}}
+
+    report = {
+        "task": {"name": "sentiment"},
+        "systems": [system("clf", 0.90, 500.0), system("sft", 0.92, 5.0, invalid=0.01), system("majority", 0.5, 1e5)],
+        "pairwise": [
+            {"system_a": "clf", "system_b": "sft", "p_value": 0.21, "significant": False},
+            {"system_a": "clf", "system_b": "majority", "p_value": 1e-9, "significant": True},
+            {"system_a": "sft", "system_b": "majority", "p_value": 1e-9, "significant": True},
+        ],
+    }
+    text = recommendation(report)
+    assert text.startswith("**sft** has the best accuracy (0.920, with 1.0% invalid outputs); the next is clf (0.900)")
+    assert "not significant (McNemar p = 0.21)" in text and "clf is the faster of the two (500.0 vs 5.0" in text
+    report["pairwise"][0].update(p_value=0.001, significant=True)
+    assert "the difference is significant (McNemar p = 0.001 < 0.05)." in recommendation(report)
+
+
+def test_disagreements_between_models_come_first(sentiment_case):
+    task, test, preds, _ = sentiment_case
+    models = ["tfidf_lr", "sft (generate)"]
+    examples, total = disagreement_examples(task, test, preds, first=models)
+    assert total == len(examples) >= 12
+    flags = [ex["predictions"][models[0]] != ex["predictions"][models[1]] for ex in examples]
+    assert any(flags) and not all(flags)
+    assert flags == sorted(flags, reverse=True)  # every model-vs-model disagreement before the others
+    capped, total_capped = disagreement_examples(task, test, preds, max_examples=3)
+    assert len(capped) == 3 and total_capped == total
+    assert [ex["id"] for ex in capped] == sorted((ex["id"] for ex in examples), key=lambda s: int(s[2:]))[:3]

@@ -45,6 +45,8 @@ def nsmc_file(tmp_path):
         "",  # blank line: not a row
         "9\t  \t1",  # whitespace only
         "10\t마지막 줄 CRLF\t0\r",
+        "11\t줄 중간의\r캐리지 리턴\t1",  # malformed: the next row keeps its line number
+        "12\t끝\t1",
     ]
     return write(tmp_path / "ratings.txt", NSMC_HEADER + "\n".join(rows) + "\n")
 
@@ -52,16 +54,16 @@ def nsmc_file(tmp_path):
 def test_nsmc_counts_every_row(nsmc_file):
     splits, report = read("nsmc", nsmc_file)
     records = splits[None]
-    assert report.read == 11
-    assert report.kept == 4
+    assert report.read == 13
+    assert report.kept == 5
     assert report.dropped == {
         "empty_text": 2,
         "unknown_label": 1,
         "missing_label": 1,
-        "malformed_row": 2,
+        "malformed_row": 3,
         "duplicate_id": 1,
     }
-    assert [r["id"] for r in records] == ["1", "3", "8", "10"]
+    assert [r["id"] for r in records] == ["1", "3", "8", "10", "12"]
     assert records[1]["text"] == '"따옴표" 그대로'
     assert records[2]["text"] == "재밌어요" and records[2]["text"] != NFD
     assert records[3] == {
@@ -78,6 +80,7 @@ def test_nsmc_counts_every_row(nsmc_file):
     assert examples["empty_text"][0] == f"{nsmc_file}:3: field 'document': empty_text"
     assert examples["malformed_row"][0] == f"{nsmc_file}:7: malformed_row (2 fields, expected 3)"
     assert "id '1' seen before" in examples["duplicate_id"][0]
+    assert examples["malformed_row"][2].startswith(f"{nsmc_file}:14: malformed_row (csv: new-line character")
 
 
 def test_nsmc_five_level(tmp_path):
@@ -221,7 +224,7 @@ def test_nsmc_raw_binary(raw_array):
         "malformed_row": 1,
     }
     # array items keep their line numbers
-    assert report.info["drop_examples"]["rating_out_of_scheme"][0].startswith(f"{raw_array}, item 2 (line 7)")
+    assert report.info["drop_examples"]["rating_out_of_scheme"][0].startswith(f"{raw_array}, item2 (line 7)")
 
 
 def test_nsmc_raw_five_level_and_regression(raw_array):
@@ -239,6 +242,9 @@ def test_nsmc_raw_json_lines_and_bad_json(tmp_path):
     assert report.read == 4 and report.kept == 2
     assert report.dropped == {"rating_out_of_scheme": 1, "malformed_row": 1}
     assert splits[None][0]["id"] == "raw-1"  # no id column: file stem and line
+    compact = write(tmp_path / "compact.json", json.dumps(RAW[:5], ensure_ascii=False))  # one line, no ids
+    splits, _ = read("nsmc-raw", compact)
+    assert [r["id"] for r in splits[None]] == ["compact-item1", "compact-item3", "compact-item5"]
     with pytest.raises(DataError, match=r"broken.json:2: invalid JSON"):
         read("nsmc-raw", write(tmp_path / "broken.json", '[{"review": "a", "rating": 1},\n {"review": }]'))
 
@@ -368,6 +374,11 @@ def test_hf_load_dataset_from_a_local_data_dir(tmp_path, monkeypatch):
     splits, report = read("hf", tmp_path / "local")
     assert [r["sentiment"] for r in splits[None]] == [1, 0]
     assert report.dropped == {"unknown_label": 1}
+    datasets.Dataset.from_dict({"text": ["좋다", "싫다"], "label": [1, 0]}).to_parquet(tmp_path / "one.parquet")
+    assert read("hf", tmp_path / "one.parquet")[1].kept == 2
+    datasets.DatasetDict({"a": datasets.Dataset.from_dict({"text": ["x"], "label": [1]})}).save_to_disk(tmp_path / "dd")
+    with pytest.raises(DataError, match="no split 'b'"):
+        read("hf", tmp_path / "dd", hf_split="b")
 
 
 # --- synthetic --------------------------------------------------------------------------------------------------

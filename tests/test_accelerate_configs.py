@@ -1,0 +1,179 @@
+"""accelerate_configs/*.yaml load with accelerate's own loader, and the recipes' settings follow from them.
+
+`accelerate launch --config_file X` turns the file into environment variables for the training processes
+(ACCELERATE_USE_DEEPSPEED, ACCELERATE_DEEPSPEED_ZERO_STAGE, FSDP_*, ...), and the recipes' ``SFTConfig`` /
+``TrainingArguments`` build their DeepSpeed plugin from those. These tests run the launcher's own config
+handling in-process (``_validate_launch_command`` + ``prepare_*_env``, exactly what ``launch_command`` runs
+before it starts the processes) and then build the objects a recipe builds under that environment.
+No GPU here: DeepSpeed/FSDP themselves are not started (docs/distributed.md says what ran where).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
+from accelerate.utils.launch import (
+    prepare_deepspeed_cmd_env,
+    prepare_multi_gpu_env,
+    prepare_simple_launcher_cmd_env,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "accelerate_configs"
+
+EXPECTED = {
+    "single_gpu.yaml": DistributedType.NO,
+    "multi_gpu.yaml": DistributedType.MULTI_GPU,
+    "deepspeed_zero2.yaml": DistributedType.DEEPSPEED,
+    "deepspeed_zero3.yaml": DistributedType.DEEPSPEED,
+    "deepspeed_zero3_qlora.yaml": DistributedType.DEEPSPEED,
+    "fsdp_qlora.yaml": DistributedType.FSDP,
+    "cpu_2proc.yaml": DistributedType.MULTI_GPU,  # selects the torchrun launcher; the processes run on gloo
+}
+DEEPSPEED = {"deepspeed_zero2.yaml": (2, False), "deepspeed_zero3.yaml": (3, True), "deepspeed_zero3_qlora.yaml": (3, True)}
+
+
+def launcher_env(config: Path, *cli: str) -> tuple[object, dict[str, str]]:
+    """The parsed launch arguments and the environment variables `accelerate launch` adds for the processes."""
+    args = launch_command_parser().parse_args(["--config_file", str(config), *cli, "train.py"])
+    args, defaults, mp_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as in accelerate.commands.launch.launch_command
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        _, env = prepare_deepspeed_cmd_env(args)
+    elif args.use_fsdp or args.multi_gpu:
+        env = prepare_multi_gpu_env(args)
+    else:
+        _, env = prepare_simple_launcher_cmd_env(args)
+    return args, {k: v for k, v in env.items() if os.environ.get(k) != v}
+
+
+@pytest.fixture
+def clean_state():
+    """TrainingArguments initialise accelerate's process-global state; reset it around each test."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def sft_args(tmp_path: Path, **kw):
+    from trl import SFTConfig
+
+    base = dict(output_dir=str(tmp_path), report_to=[], bf16=False, per_device_train_batch_size=2)
+    return SFTConfig(**{**base, **kw})
+
+
+def test_the_shipped_set_is_complete():
+    assert sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_loads_with_accelerates_loader(name):
+    cfg = load_config_from_file(str(CONFIG_DIR / name))
+    assert isinstance(cfg, ClusterConfig)
+    assert cfg.distributed_type == EXPECTED[name]
+    assert cfg.num_machines == 1
+    assert cfg.num_processes == (1 if name == "single_gpu.yaml" else 2)
+    assert cfg.use_cpu is (name == "cpu_2proc.yaml")
+    # GPU configs train in bf16; the CPU one in fp32.
+    assert cfg.mixed_precision == ("no" if name == "cpu_2proc.yaml" else "bf16")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_header_gives_when_command_and_recipe_settings(name):
+    text = (CONFIG_DIR / name).read_text(encoding="utf-8")
+    header = text[: text.index("compute_environment:")]
+    assert all(line.startswith("#") for line in header.strip().splitlines())
+    assert "When:" in header
+    assert f"accelerate launch --config_file accelerate_configs/{name}" in header
+    assert "Recipe config" in header or "recipe config" in header
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_nested_keys_are_real_launch_arguments(name):
+    """accelerate's loader does not check keys inside deepspeed_config/fsdp_config: a typo would be ignored."""
+    dests = {a.dest for a in launch_command_parser()._actions}
+    cfg = load_config_from_file(str(CONFIG_DIR / name))
+    keys = list(cfg.deepspeed_config) + [k if k.startswith("fsdp_") else f"fsdp_{k}" for k in cfg.fsdp_config]
+    assert not [k for k in keys if k not in dests]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_launcher_picks_the_intended_launcher(name):
+    args, env = launcher_env(CONFIG_DIR / name)
+    kind = EXPECTED[name]
+    assert args.use_deepspeed is (kind == DistributedType.DEEPSPEED)
+    assert args.use_fsdp is (kind == DistributedType.FSDP)
+    assert bool(args.multi_gpu) is (kind == DistributedType.MULTI_GPU)
+    if kind == DistributedType.NO:
+        assert env["ACCELERATE_USE_CPU"] == "False"
+    else:  # torchrun-based launchers: one process per rank
+        assert int(args.nproc_per_node) == 2
+
+
+def test_num_processes_on_the_command_line_overrides_the_file():
+    args, _ = launcher_env(CONFIG_DIR / "multi_gpu.yaml", "--num_processes", "8")
+    assert int(args.nproc_per_node) == 8
+
+
+@pytest.mark.parametrize("name", sorted(DEEPSPEED))
+def test_recipe_builds_its_deepspeed_plugin_from_the_config(name, tmp_path, clean_state):
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    stage, zero3_init = DEEPSPEED[name]
+    _, env = launcher_env(CONFIG_DIR / name)
+    with mock.patch.dict(os.environ, env):
+        args = sft_args(tmp_path, gradient_accumulation_steps=4, max_grad_norm=0.5)
+    plugin = args.deepspeed_plugin
+    assert plugin is not None, "SFTConfig did not build a DeepSpeed plugin under the launcher's environment"
+    assert plugin.zero_stage == stage
+    assert plugin.zero3_init_flag is zero3_init
+    assert plugin.zero3_save_16bit_model is (stage == 3)
+    assert plugin.offload_optimizer_device == plugin.offload_param_device == "none"
+    # The files leave micro batch, accumulation and clipping to the recipe ("auto") ...
+    assert plugin.gradient_accumulation_steps == "auto"
+    assert plugin.deepspeed_config["gradient_clipping"] == "auto"
+    # ... and the Trainer fills them from the recipe's arguments, as propagate_args_to_deepspeed does.
+    hf_ds = HfTrainerDeepSpeedConfig(plugin.hf_ds_config.config)
+    hf_ds.trainer_config_process(args)
+    ds = hf_ds.config
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["train_batch_size"] == 2 * args.world_size * 4  # global batch = per-device x processes x accumulation
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+
+
+def test_without_the_launcher_no_deepspeed_plugin_is_built(tmp_path, clean_state):
+    assert sft_args(tmp_path).deepspeed_plugin is None
+
+
+def test_fsdp_qlora_plugin_builds_from_the_config():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import ShardingStrategy, StateDictType
+
+    _, env = launcher_env(CONFIG_DIR / "fsdp_qlora.yaml")
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    # sync_module_states makes the plugin ask for the current GPU (where rank > 0 materialise the weights);
+    # there is none here, so answer as device 0 would.
+    with (
+        mock.patch.dict(os.environ, env),
+        mock.patch("accelerate.utils.dataclasses.is_cuda_available", return_value=True),
+        mock.patch("torch.cuda.current_device", return_value=0),
+    ):
+        plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 1
+    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert plugin.use_orig_params is False  # frozen 4-bit and trainable LoRA weights in separate flat params
+    assert plugin.cpu_ram_efficient_loading is True and plugin.sync_module_states is True
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    assert plugin.cpu_offload.offload_params is False
+    assert "transformer_auto_wrap_policy" in getattr(plugin.auto_wrap_policy, "__name__", str(plugin.auto_wrap_policy))

@@ -1,0 +1,269 @@
+"""recipes/sft_qlora.py on a tiny pre-trained Llama (CPU): QLoRA steps, masking, shortening, resume, merge, packing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+from reviewtune.generation import generate_answers
+from reviewtune.prompts import to_instruction
+from reviewtune.quantization import adapters_follow_compute_dtype, load_causal_lm
+from reviewtune.run_summary import SUMMARY_KEYS
+from reviewtune.sft_data import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
+from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "sft_qlora.py"
+TASK = get_task("aspects")
+PHRASES = {2: "최고예요", 1: "좋아요", 0: "보통이에요", -1: "아쉬워요", -2: "별로예요"}
+# Logits of the merged fp32 model vs NF4 + adapter: same function, different summation order.
+MERGE_LOGIT_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("sft_qlora_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _records(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        aspects = [{"keyword": k, "polarity": rng.choice(list(PHRASES))} for k in rng.sample(DEFAULT_KEYWORDS[:8], 2)]
+        text = " 그리고 ".join(f"{a['keyword']}이 {PHRASES[a['polarity']]}" for a in aspects)
+        rows.append({"id": f"{seed}-{i}", "text": text, "sentiment": None, "aspects": aspects, "score": None})
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sft_data")
+    _write(d / "train.jsonl", _records(96, seed=1))
+    _write(d / "validation.jsonl", _records(16, seed=2))
+    _write(d / "test.jsonl", _records(8, seed=3))
+    return d
+
+
+def _argv(model_dir, data_dir, output_dir, *extra) -> list[str]:
+    return [
+        *("--model_name_or_path", str(model_dir), "--output_dir", str(output_dir)),
+        *("--train_file", str(data_dir / "train.jsonl"), "--validation_file", str(data_dir / "validation.jsonl")),
+        *("--test_file", str(data_dir / "test.jsonl"), "--max_length", "64", "--max_train_samples", "96"),
+        *("--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "5e-3"),
+        *("--max_steps", "8", "--logging_steps", "1", "--save_steps", "4", "--warmup_steps", "0", "--seed", "0"),
+        *("--lora_r", "8", "--lora_alpha", "16", "--num_sample_predictions", "4", "--max_new_tokens", "12"),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def qlora_run(recipe, tiny_causal_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qlora_run")
+    summary = recipe.main(_argv(tiny_causal_dir, data_dir, out, "--merge", "true"))
+    return out, summary
+
+
+def test_qlora_run_writes_the_contract_and_loss_falls(qlora_run):
+    out, summary = qlora_run
+    on_disk = json.loads((out / "run_summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(on_disk)
+    assert on_disk["kind"] == "generative" and on_disk["recipe"] == "sft_qlora"
+    assert on_disk["quantization"] == "nf4" and on_disk["method"] == "qlora"
+    assert on_disk["train_examples"] == 96 and on_disk["eval_examples"] == 16
+    assert 0 < on_disk["trainable_params"] < on_disk["total_params"]
+    assert on_disk["train_tokens_per_s"] > 0 and on_disk["peak_memory_bytes"] > 0
+    assert on_disk["final_eval_loss"] is not None
+    losses = [loss for _, loss in on_disk["train_loss_history"]]
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses  # falls clearly in 8 steps
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "task_spec.json",
+                 "token_freqs.json", "sample_predictions.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert json.loads((out / "task_spec.json").read_text())["name"] == "aspects"
+    assert json.loads((out / "token_freqs.json").read_text())
+    preds = json.loads((out / "sample_predictions.json").read_text())
+    assert preds["n"] == 4 and all(p["before"] is not None and p["after"] is not None for p in preds["predictions"])
+    model = AutoPeftModelForCausalLM.from_pretrained(out)  # the adapter loads onto its recorded base
+    assert model.peft_config["default"].r == 8
+
+
+def test_qlora_layers_are_nf4_and_only_lora_trains(tiny_causal_dir, data_dir, tmp_path):
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_length=64)
+    model_args = ModelConfig(load_in_4bit=True, use_peft=True, use_bnb_nested_quant=True, lora_r=4,
+                             lora_target_modules="all-linear")  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    dataset, _ = instruction_dataset(_records(8, seed=5), TASK, tokenizer, 64)
+    model = load_causal_lm(str(tiny_causal_dir), model_args, args)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=get_peft_config(model_args))  # fmt: skip
+    adapters_follow_compute_dtype(trainer.model, args)
+    lora_layers = [m for m in trainer.model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    assert lora_layers
+    for layer in lora_layers:
+        assert isinstance(layer.base_layer, bnb.nn.Linear4bit)
+        assert layer.base_layer.weight.quant_type == "nf4"
+    n_linear = sum(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
+    assert len(lora_layers) == n_linear == 7 * model.config.num_hidden_layers  # all-linear: q k v o gate up down
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in trainable.values())  # fp32 compute on CPU
+
+
+def test_loss_on_answer_only_ends_with_eos_and_shortening_cuts_the_review(tiny_causal_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    long_review = " 그리고 ".join(["디자인이 예쁘고 색감도 좋아요 그런데 배송이 느렸어요"] * 12)
+    records = [
+        *_records(2, seed=7),
+        {"id": "long", "text": long_review, "aspects": [{"keyword": "디자인", "polarity": 1},
+                                                         {"keyword": "배송", "polarity": -1}]},  # fmt: skip
+        {"id": "no-room", "text": "길어요", "aspects": [{"keyword": k, "polarity": -2} for k in DEFAULT_KEYWORDS]},
+    ]
+    max_length = 48
+    dataset, stats = instruction_dataset(records, TASK, tokenizer, max_length)
+    assert dataset.column_names == ["prompt", "completion"]
+    assert stats.total == 4 and stats.kept == 3 and stats.dropped == {TOO_LONG: 1} and stats.shortened == 1
+    long_ex = dataset[2]
+    assert long_ex["completion"] == " 디자인1, 배송-1"  # the answer is intact
+    review_kept = long_ex["prompt"].removeprefix("###입력: ").split("\n###명령어:")[0]
+    assert review_kept and long_review.startswith(review_kept) and len(review_kept) < len(long_review)
+    assert len(tokenizer(long_ex["prompt"] + long_ex["completion"] + tokenizer.eos_token)["input_ids"]) <= max_length
+
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_length=max_length)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    for source, row in zip(dataset, trainer.train_dataset, strict=True):
+        labels = row["labels"]
+        n_prompt = len(tokenizer(source["prompt"])["input_ids"])
+        assert all(label == -100 for label in labels[:n_prompt])  # prompt tokens carry no loss
+        supervised = [t for t in labels if t != -100]
+        assert labels[-1] == tokenizer.eos_token_id  # the last supervised token is EOS, not cut by truncation
+        assert tokenizer.decode(supervised[:-1]) == source["completion"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding carries no loss either
+
+
+def test_resume_after_interruption_continues_from_the_saved_step(recipe, tiny_causal_dir, data_dir, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    extra = ("--max_steps", "6", "--save_steps", "2", "--num_sample_predictions", "0", "--max_train_samples", "48")
+    reference = recipe.main(_argv(tiny_causal_dir, data_dir, tmp_path / "straight", *extra))
+
+    original = SFTTrainer._save_checkpoint
+
+    def save_then_crash(self, model, trial):
+        original(self, model, trial)
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("simulated interruption after checkpoint-2")
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.main(_argv(tiny_causal_dir, data_dir, out, *extra))
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", original)
+    assert (out / "checkpoint-2").is_dir() and not (out / "run_summary.json").exists()
+
+    resumed = recipe.main(_argv(tiny_causal_dir, data_dir, out, *extra))  # same command, same output_dir
+    assert resumed["resumed_from"] == str(out / "checkpoint-2")
+    assert resumed["global_step"] == 6
+    steps = [s for s, _ in resumed["train_loss_history"]]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-2 come from the checkpoint's state, 3-6 from this run
+    torch.testing.assert_close(
+        [loss for _, loss in resumed["train_loss_history"]],
+        [loss for _, loss in reference["train_loss_history"]],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_merge_matches_nf4_plus_adapter(qlora_run, tiny_causal_dir, data_dir):
+    out, _ = qlora_run
+    assert (out / "merged" / "model.safetensors").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    test_records = [json.loads(line) for line in (data_dir / "test.jsonl").read_text().splitlines()]
+    prompts = [to_instruction(r, TASK)["prompt"] for r in test_records]
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    qlora = AutoPeftModelForCausalLM.from_pretrained(out, quantization_config=quant, dtype=torch.float32).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert merged.dtype == torch.float32  # CPU: the "16-bit" merge is written in fp32
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_dir, quantization_config=quant, dtype=torch.float32)
+    base = base.dequantize().eval()
+
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        lq, lm, lb = (m(**enc).logits for m in (qlora, merged, base))
+    mask = enc["attention_mask"].bool()
+    diff = (lq - lm).abs()[mask].max().item()
+    assert diff <= MERGE_LOGIT_ATOL, diff
+    assert (lq - lb).abs()[mask].max().item() > 100 * MERGE_LOGIT_ATOL  # the adapter really changes the model
+    assert generate_answers(qlora, tokenizer, prompts, max_new_tokens=12, progress=False) == generate_answers(
+        merged, tokenizer, prompts, max_new_tokens=12, progress=False
+    )
+
+
+def test_packed_losses_match_unpacked_on_cpu_attention(tiny_causal_dir, monkeypatch):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    examples = [to_instruction(r, TASK) for r in _records(4, seed=9)]
+    for attn in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir, attn_implementation=attn)
+        ok, diff = packing_keeps_examples_apart(model, tokenizer, examples)
+        assert ok and diff < 1e-4, (attn, diff)
+    # Negative control: without the block-diagonal mask the check must fail.
+    import transformers.masking_utils as masking_utils
+
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    ok, diff = packing_keeps_examples_apart(model, tokenizer, examples)
+    assert not ok and diff > 1e-3
+
+
+def test_packing_lora_and_full_runs(recipe, tiny_causal_dir, data_dir, tmp_path):
+    extra = ("--max_steps", "2", "--num_sample_predictions", "0", "--max_train_samples", "32")
+    packed = recipe.main(_argv(tiny_causal_dir, data_dir, tmp_path / "packed", *extra, "--packing", "true"))
+    assert packed["config"]["packing"] is True and packed["train_tokens_per_s"] > 0
+    lora = recipe.main(_argv(tiny_causal_dir, data_dir, tmp_path / "lora", *extra, "--load_in_4bit", "false"))
+    assert (lora["method"], lora["quantization"]) == ("lora", "none")
+    full = recipe.main(
+        _argv(tiny_causal_dir, data_dir, tmp_path / "full", *extra, "--load_in_4bit", "false", "--use_peft", "false")
+    )
+    assert (full["method"], full["quantization"]) == ("full", "none")
+    assert full["trainable_params"] == full["total_params"] > lora["trainable_params"]
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+
+
+def test_every_config_parses_and_unknown_keys_fail(recipe, tmp_path):
+    configs = sorted((ROOT / "recipes" / "configs").glob("sft_qlora*.yaml"))
+    assert {c.name for c in configs} >= {
+        "sft_qlora_default.yaml",
+        "sft_qlora_nsmc_small_instruct.yaml",
+        "sft_qlora_aspects_small_instruct.yaml",
+        "sft_qlora_8b_zero3.yaml",
+    }
+    for config in configs:
+        text = config.read_text(encoding="utf-8")
+        assert "accelerate launch" in text.split("\n\n")[0] or "accelerate launch" in text[:1500], config.name
+        data_args, script_args, training_args, model_args = recipe.parse_args(["--config", str(config)])
+        assert model_args.load_in_4bit and model_args.use_peft, config.name
+    data_args, _, training_args, model_args = recipe.parse_args([])  # no arguments: the embedded default
+    assert model_args.model_name_or_path == "embedded" and data_args.train_file is None
+    assert training_args.max_length <= 256 and model_args.lora_target_modules == "all-linear"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: aspects\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*learning_rat"):
+        recipe.parse_args(["--config", str(bad)])
