@@ -35,7 +35,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -63,6 +63,7 @@ from reviewtune.classifier import (
     heads_for_task,
     label_matrix,
     load_records,
+    lora_config,
     make_compute_metrics,
     model_max_length,
     probabilities,
@@ -89,11 +90,14 @@ def parse_args(argv: list[str] | None = None):
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     parser = TrlParser((DataArguments, ClassifierArguments, TrainingArguments, ModelConfig))
+    # Hardware-dependent defaults (a config or the command line still overrides them), as in sft_qlora.py.
+    on_gpu = torch.cuda.is_available()
+    parser.set_defaults(use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(), lora_task_type="SEQ_CLS")
     config_path = argv[argv.index("--config") + 1]
     try:
         return parser.parse_args_and_config(argv)
-    except ValueError as e:  # unknown keys: trl names them, we name the file
-        raise ValueError(f"{config_path}: {e}") from e
+    except ValueError as e:  # unknown keys: trl names them, we name the file they came from
+        raise ValueError(f"{config_path}: {e}" if "config file" in str(e) else f"command line: {e}") from e
 
 
 def check_model_args(model_args: ModelConfig) -> str:
@@ -165,18 +169,7 @@ def train_head(head: Head, task, records: dict, *, files: dict, data_report: dic
         model.config.pad_token_id = tokenizer.pad_token_id
     max_length = model_max_length(model.config, clf_args.max_length)
     if method == "lora":
-        lora_config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules or ["query", "value"],
-            modules_to_save=model_args.lora_modules_to_save or ["classifier"],
-            use_rslora=model_args.use_rslora,
-            use_dora=model_args.use_dora,
-            bias="none",
-        )
-        model = get_peft_model(model, lora_config)
+        model = get_peft_model(model, lora_config(model_args))
     trainable_params, total_params = count_parameters(model)
     logger.info("%s: trainable params %d / total %d (%.2f%%)", head.name, trainable_params, total_params,
                 100 * trainable_params / total_params)  # fmt: skip
@@ -327,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Data: records per split, unusable ones dropped and counted; a seeded validation slice if none is given
     task = get_task(
-        data_args.task, instruction=data_args.instruction, label_names=data_args.label_names, keywords=data_args.keywords
+        data_args.task, instruction=data_args.instruction, label_names=data_args.task_label_names, keywords=data_args.keywords
     )
     with training_args.main_process_first(desc="embedded default data"):
         embedded = data_args.train_file is None

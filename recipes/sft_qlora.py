@@ -23,6 +23,7 @@ its last checkpoint; ``--resume_from_checkpoint DIR`` names one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
@@ -40,13 +42,14 @@ from reviewtune.atomic import atomic_write_json
 from reviewtune.configs import DataArguments
 from reviewtune.generation import generate_answers
 from reviewtune.prompts import format_answer, parse_answer, to_instruction
-from reviewtune.provenance import dir_sha256, provenance
+from reviewtune.provenance import dir_sha256, file_sha256, provenance
 from reviewtune.quantization import (
     adapters_follow_compute_dtype,
     check_configuration,
     distributed_mode,
     is_sharded,
     load_causal_lm,
+    load_trained_for_generation,
     merge_adapter,
 )
 from reviewtune.run_summary import count_parameters, peak_memory_bytes, save_token_frequencies, write_run_summary
@@ -80,13 +83,30 @@ def parse_args(argv: list[str] | None = None):
     config_path = argv[argv.index("--config") + 1]
     try:
         return parser.parse_args_and_config(argv)
-    except ValueError as e:  # unknown keys: trl names them, we name the file
-        raise ValueError(f"{config_path}: {e}") from e
+    except ValueError as e:
+        if "config file" in str(e):  # unknown YAML keys: trl names them, we name the file
+            raise ValueError(f"{config_path}: {e}") from e
+        raise
 
 
-def base_model_hash(path: str) -> str | None:
-    """sha256 of a local base model directory's files (config, tokenizer, weights); None for a hub id."""
-    return dir_sha256(path) if Path(path).is_dir() else None
+def base_model_hash(name_or_path: str, revision: str = "main") -> str | None:
+    """What identifies the base model: sha256 of a local directory's files (for directories over 2 GiB,
+    of its JSON files plus the names and sizes of the others, prefixed ``meta:``), or the hub commit
+    of a cached hub model (``hub:<sha>``); None when neither is known."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        if sum(p.stat().st_size for p in files) <= 2 << 30:
+            return dir_sha256(path)
+        h = hashlib.sha256()  # hashing 16 GB of weights on every launch is too slow; names + sizes instead
+        for p in files:
+            rel = str(p.relative_to(path))
+            h.update(f"{rel}:{p.stat().st_size}:".encode() + (file_sha256(p).encode() if p.suffix == ".json" else b""))
+        return "meta:" + h.hexdigest()
+    cached = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return "hub:" + cached.split("/snapshots/")[1].split("/")[0]
+    return None
 
 
 def sample_predictions(model, tokenizer, prompts: list[str], task, script_args) -> list[dict]:
@@ -133,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task(
         data_args.task,
         instruction=data_args.instruction,
-        label_names=data_args.label_names,
+        label_names=data_args.task_label_names,
         keywords=data_args.keywords,
     )
     with training_args.main_process_first(desc="embedded default data"):
@@ -159,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         model_path, base_hash = ensure_base_model("causal", train_file)
         model_path = str(model_path)
     else:
-        model_path, base_hash = model_args.model_name_or_path, base_model_hash(model_args.model_name_or_path)
+        model_path = model_args.model_name_or_path
+        base_hash = base_model_hash(model_path, model_args.model_revision)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -199,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("trainable params %d / total %d (%.2f%%)", trainable_params, total_params,
                 100 * trainable_params / total_params)  # fmt: skip
 
-    # Sample predictions before training (on rank 0; sharded models only answer after training, reloaded)
+    # Sample predictions before training (rank 0; sharded models answer after training, reloaded on one device)
     before = None
     if not is_sharded(mode) and trainer.is_world_process_zero():
         before = sample_predictions(trainer.model, tokenizer, sample_prompts, task, script_args)
@@ -228,10 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     after = None
     if trainer.is_world_process_zero():
-        if is_sharded(mode):
-            logger.warning("sample predictions are skipped under %s (sharded parameters)", mode)
-        else:
+        if not is_sharded(mode):
             after = sample_predictions(trainer.model, tokenizer, sample_prompts, task, script_args)
+        else:  # sharded parameters cannot generate as they are: rank 0 reloads the run on one device
+            reloaded = load_trained_for_generation(training_args.output_dir, model_path, model_args, training_args)
+            after = sample_predictions(reloaded, tokenizer, sample_prompts, task, script_args)
+            if method != "full":
+                with reloaded.disable_adapter():
+                    before = sample_predictions(reloaded, tokenizer, sample_prompts, task, script_args)
+            del reloaded
 
     summary = {}
     if trainer.is_world_process_zero():
@@ -308,8 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
     if script_args.merge:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            merged_dir = merge_adapter(training_args.output_dir, model_path, model_args, training_args)
-            tokenizer.save_pretrained(merged_dir)
+            merged_dir = merge_adapter(training_args.output_dir, model_path, model_args, training_args, tokenizer)
             logger.info("merged model written to %s", merged_dir)
 
     if trainer.is_world_process_zero():

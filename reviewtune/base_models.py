@@ -8,8 +8,8 @@ into place when complete, and never rebuilt in place, so adapters trained on it 
 The build runs in a child process: pre-training with ``transformers.Trainer`` inside the caller would
 change the caller's RNG and accelerate state (a later run would differ depending on whether the cache
 was warm) and, under ``torch.distributed``, would try to synchronise with ranks that are waiting on the
-lock. When several processes start, the first to take the lock (normally all start together and one
-builds) builds while the others wait on the lock and then reuse the result.
+lock. When several processes start (``torch.distributed`` initialised, or ``RANK``/``LOCAL_RANK`` set),
+the other ranks let local rank 0 take the lock first, wait on it while rank 0 builds, then reuse the result.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,23 +109,41 @@ def base_model_dir(kind: str, model_hash: str) -> Path:
     return cache_root() / f"{kind}-{model_hash[:12]}"
 
 
-def _distributed() -> bool:
-    if any(os.environ.get(v) is not None for v in ("RANK", "LOCAL_RANK")):
-        return True
+def _local_rank() -> int | None:
+    """This process's rank on its node when several processes were started, else ``None``."""
+    for var in ("LOCAL_RANK", "RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
     try:
         import torch.distributed as dist
 
-        return dist.is_available() and dist.is_initialized()
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
     except ImportError:
-        return False
+        pass
+    return None
+
+
+def _let_rank0_build_first(final: Path, patience_s: float = 30.0) -> None:
+    """On ranks other than 0, wait until rank 0 has started the build (or finished it) before taking the lock.
+
+    Without this, whichever rank reaches the lock first builds. If rank 0 never starts (it may not need the
+    model), the wait ends after ``patience_s`` and the lock decides as usual.
+    """
+    rank = _local_rank()
+    if not rank:
+        return
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        if (final / MANIFEST).is_file() or any(final.parent.glob(f".{final.name}.building-*")):
+            return
+        time.sleep(0.2)
 
 
 def _child_env() -> dict[str, str]:
     """The environment for the build process: no distributed or accelerate settings, one GPU at most."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _DISTRIBUTED_ENV and not k.startswith(_DISTRIBUTED_ENV_PREFIXES)
+        k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith(_DISTRIBUTED_ENV_PREFIXES)
     }
     # Several visible GPUs would make the Trainer use DataParallel; build on this rank's device only.
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -177,12 +196,15 @@ def ensure_base_model(
     from filelock import FileLock
 
     final.parent.mkdir(parents=True, exist_ok=True)
+    _let_rank0_build_first(final)
     with FileLock(str(final.parent / f".{final.name}.lock")):
         if (final / MANIFEST).is_file():  # another process built it while we waited
             logger.info("using embedded %s base model %s (built by another process)", kind, final)
             return final, model_hash
         if final.exists():
             raise RuntimeError(f"{final} exists but has no {MANIFEST}; it was not built by reviewtune, remove it")
+        for stale in final.parent.glob(f".{final.name}.building-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         logger.warning(
             "building embedded base model %s from %s (cached at %s); this happens once", kind, corpus_file, final
         )
@@ -196,7 +218,9 @@ def ensure_base_model(
                 "corpus_file": str(corpus_file.resolve()),
                 "config": args.to_dict(),
                 "summary": summary,
-                "provenance": provenance(seed=args.seed, data_files={"corpus": corpus_file}),
+                "provenance": provenance(
+                    seed=args.seed, data_files={"corpus": corpus_file}, base_model_hash=model_hash
+                ),
             }
             atomic_write_json(tmp / MANIFEST, manifest)
             os.rename(tmp, final)  # atomic; readers never see a half-built model

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, TaskType
 from transformers import EvalPrediction, Trainer
 
 from reviewtune.atomic import atomic_write_json, read_json
@@ -241,6 +242,28 @@ def tokenize_examples(examples: list[dict], tokenizer, max_length: int, desc: st
     n_shortened = int(sum(ds["shortened"]))
     n_tokens = int(sum(len(ids) for ids in ds["input_ids"]))
     return ds.remove_columns("shortened"), n_shortened, n_tokens
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def lora_config(model_args) -> LoraConfig:
+    """PEFT ``SEQ_CLS`` LoRA from trl's ``ModelConfig`` fields; the head is trained in full (``modules_to_save``).
+
+    Target modules default to RoBERTa's attention ``query``/``value``; ``all-linear`` adapts every linear
+    layer except the head.
+    """
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules or ["query", "value"],
+        modules_to_save=model_args.lora_modules_to_save or ["classifier"],
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        bias="none",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- loss

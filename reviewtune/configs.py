@@ -26,6 +26,8 @@ class DataArguments:
     keywords: list[str] | None = field(
         default=None, metadata={"help": "Aspect keyword list (default: the 14 fashion keywords)."}
     )
-    label_names: list[str] | None = field(default=None, metadata={"help": "Override the label names of the task."})
+    task_label_names: list[str] | None = field(
+        default=None, metadata={"help": "Override the label names of the task (e.g. your own five level names)."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training records."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation records."})

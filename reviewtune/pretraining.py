@@ -130,7 +130,12 @@ def read_corpus_counts(path: str | os.PathLike) -> tuple[list[str], dict[str, An
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-                    text = obj.get("text") if isinstance(obj, dict) else None
+                    if not isinstance(obj, dict):
+                        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                    if "text" not in obj:
+                        dropped["missing_text"] += 1
+                        continue
+                    text = obj["text"]
                     if text is not None and not isinstance(text, str):
                         raise ValueError(f"{path}:{lineno}: field 'text' is {type(text).__name__}, not a string")
                 elif mode == "tsv":
@@ -356,6 +361,10 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         texts, args.kind, args.vocab_size, base_tokenizer=args.tokenizer_name_or_path, min_frequency=args.min_frequency
     )
     tokenizer.model_max_length = args.max_position_embeddings
+    if tokenizer.pad_token is None:  # an adapted tokenizer may have none; packed blocks never pad anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    if args.kind == "roberta" and tokenizer.mask_token is None:
+        raise ValueError(f"tokenizer {args.tokenizer_name_or_path} has no mask token; masked-LM needs one")
     blocks, n_tokens = pack_blocks(texts, tokenizer, args.kind, args.max_seq_length)
     n_eval = min(args.eval_blocks, len(blocks) // 10)
     if len(blocks) - n_eval < 1:

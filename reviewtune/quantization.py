@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -169,19 +171,52 @@ def load_causal_lm(model_path: str, model_args: ModelConfig, training_args: Trai
 
 
 def adapters_follow_compute_dtype(model, training_args: TrainingArguments) -> None:
-    """Cast trainable (LoRA) parameters to the compute dtype, after ``SFTTrainer`` has wrapped the model.
+    """Keep trainable (LoRA) parameters in fp32 unless compute is bf16, after ``SFTTrainer`` wrapped the model.
 
     trl casts QLoRA adapters to bf16 (the QLoRA paper's GPU recipe). With fp32 compute (the CPU) bf16
-    adapters would silently lose AdamW updates smaller than bf16's resolution, so there they stay fp32.
+    adapters would silently lose AdamW updates smaller than bf16's resolution, and fp16 mixed precision
+    (GPUs without bf16) needs fp32 master weights, so there they go back to fp32.
     """
-    if compute_dtype(training_args) != torch.float32:
+    if compute_dtype(training_args) == torch.bfloat16:
         return
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
 
 
-def merge_adapter(run_dir: str | Path, base_model_path: str, model_args: ModelConfig, training_args) -> Path:
+def _inference_kwargs(model_args: ModelConfig, training_args) -> dict:
+    """Single-process loading for inference on this process's device: NF4 with uint8 storage for QLoRA."""
+    dtype = compute_dtype(training_args)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if training_method(model_args) == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        kwargs["device_map"] = {"": training_args.local_process_index}
+    return kwargs
+
+
+def load_trained_for_generation(run_dir: str | Path, base_model_path: str, model_args: ModelConfig, training_args):
+    """A run reloaded on one device: the base + adapter (PEFT; ``disable_adapter()`` gives the base), or the
+    fully fine-tuned model. Used where the trained model is sharded (ZeRO-3/FSDP) and cannot generate as is."""
+    from peft import PeftModel
+
+    kwargs = _inference_kwargs(model_args, training_args)
+    if training_method(model_args) == "full":
+        return AutoModelForCausalLM.from_pretrained(run_dir, **kwargs)
+    base = AutoModelForCausalLM.from_pretrained(base_model_path, **kwargs)
+    return PeftModel.from_pretrained(base, str(run_dir))
+
+
+def merge_adapter(
+    run_dir: str | Path, base_model_path: str, model_args: ModelConfig, training_args, tokenizer=None
+) -> Path:
     """Write ``run_dir/merged``: the adapter merged into the de-quantised base, in 16-bit (fp32 on CPU).
 
     For QLoRA the base is loaded in NF4 exactly as in training and de-quantised (``model.dequantize()``),
@@ -193,28 +228,25 @@ def merge_adapter(run_dir: str | Path, base_model_path: str, model_args: ModelCo
     run_dir = Path(run_dir)
     method = training_method(model_args)
     dtype = compute_dtype(training_args)
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": False}
-    if model_args.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if method == "qlora":
-        # A single-process load: uint8 storage, on this process's device.
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-            bnb_4bit_compute_dtype=dtype,
-        )
-        if torch.cuda.is_available() and not training_args.use_cpu:
-            kwargs["device_map"] = {"": training_args.local_process_index}
+    kwargs = _inference_kwargs(model_args, training_args)
     base = AutoModelForCausalLM.from_pretrained(base_model_path, **kwargs)
     if method == "qlora":
         base = base.dequantize()
     merged = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
     merged = merged.to(dtype)
-    out = run_dir / "merged"
-    merged.save_pretrained(out, safe_serialization=True)
-    atomic_write_json(
-        out / "merge_info.json",
-        {"method": method, "dtype": str(dtype).removeprefix("torch."), "base_model": str(base_model_path)},
-    )
+    out, tmp = run_dir / "merged", Path(tempfile.mkdtemp(dir=run_dir, prefix=".merged.tmp-"))
+    try:  # written beside, then renamed into place: readers never see half a model
+        merged.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / "merge_info.json",
+            {"method": method, "dtype": str(dtype).removeprefix("torch."), "base_model": str(base_model_path)},
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

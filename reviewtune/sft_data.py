@@ -141,11 +141,13 @@ def packing_keeps_examples_apart(model, tokenizer, examples: list[dict], atol: f
     alone = []
     for s in seqs:
         batch = {k: torch.tensor([v], device=device) for k, v in s.items()}
-        logits = model(input_ids=batch["input_ids"]).logits[0]
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
         alone += per_example_losses(logits, batch["labels"][0], [(0, len(s["input_ids"]))])
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
     packed = collator(seqs)
-    logits = model(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device)).logits[0]
+    # use_cache=False as in training (trl sets it): with a cache, transformers does not look for packed sequences.
+    packed_inputs = {k: packed[k].to(device) for k in ("input_ids", "position_ids")}
+    logits = model(**packed_inputs, use_cache=False).logits[0]
     bounds = packed["cu_seq_lens_q"].tolist()
     together = per_example_losses(logits, torch.tensor(sum((s["labels"] for s in seqs), []), device=device),
                                   list(zip(bounds[:-1], bounds[1:], strict=True)))  # fmt: skip

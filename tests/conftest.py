@@ -16,7 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins (e.g. 1 on a shared machine)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # Sizes for the tiny models: big enough for LoRA / 4-bit layers (hidden 64, head_dim 16), small enough
 # to pre-train in a few seconds on one core.

@@ -37,7 +37,11 @@ EXPECTED = {
     "fsdp_qlora.yaml": DistributedType.FSDP,
     "cpu_2proc.yaml": DistributedType.MULTI_GPU,  # selects the torchrun launcher; the processes run on gloo
 }
-DEEPSPEED = {"deepspeed_zero2.yaml": (2, False), "deepspeed_zero3.yaml": (3, True), "deepspeed_zero3_qlora.yaml": (3, True)}
+DEEPSPEED = {
+    "deepspeed_zero2.yaml": (2, False),
+    "deepspeed_zero3.yaml": (3, True),
+    "deepspeed_zero3_qlora.yaml": (3, True),
+}
 
 
 def launcher_env(config: Path, *cli: str) -> tuple[object, dict[str, str]]:

@@ -42,7 +42,9 @@ def tiny_args(tiny_model_config):
 
 
 @pytest.mark.parametrize("kind", ["causal", "roberta"])
-def test_tiny_pretraining_loss_falls_and_loads_with_auto_classes(kind, tiny_causal_dir, tiny_roberta_dir, tiny_model_config):
+def test_tiny_pretraining_loss_falls_and_loads_with_auto_classes(
+    kind, tiny_causal_dir, tiny_roberta_dir, tiny_model_config
+):
     model_dir = tiny_causal_dir if kind == "causal" else tiny_roberta_dir
     log = json.loads((model_dir / "pretrain_log.json").read_text(encoding="utf-8"))
     s = log["summary"]
@@ -134,12 +136,12 @@ def test_read_corpus_formats_and_counts(tmp_path):
     texts = ["배송 빨라요", "색상 예뻐요"]
     # jsonl: the "text" field; blank lines and empty texts are dropped and counted
     jsonl = tmp_path / "records.jsonl"
-    rows = [{"id": "1", "text": texts[0]}, {"id": "2", "text": "  "}, {"id": "3", "text": texts[1]}]
+    rows = [{"id": "1", "text": texts[0]}, {"id": "2", "text": "  "}, {"id": "3", "text": texts[1]}, {"id": "4"}]
     jsonl.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8")
     got, counts = read_corpus_counts(jsonl)
     assert got == texts
-    assert counts["read"] == 4 and counts["kept"] == 2
-    assert counts["dropped"] == {"empty_text": 1, "blank_line": 1}
+    assert counts["read"] == 5 and counts["kept"] == 2
+    assert counts["dropped"] == {"empty_text": 1, "missing_text": 1, "blank_line": 1}
     # .txt with a BOM and NFD Hangul (normalised to NFC, counted)
     txt = tmp_path / "corpus.txt"
     txt.write_text("\ufeff" + unicodedata.normalize("NFD", texts[0]) + "\n\n" + texts[1] + "\n", encoding="utf-8")
@@ -168,6 +170,10 @@ def test_read_corpus_errors_name_file_and_line(tmp_path):
     bad_field.write_text('{"text": "좋아요"}\n{"text": 3}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"field\.jsonl:2: field 'text'"):
         read_corpus(bad_field)
+    not_object = tmp_path / "list.jsonl"
+    not_object.write_text('{"text": "좋아요"}\n["좋아요"]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"list\.jsonl:2: expected a JSON object"):
+        read_corpus(not_object)
     cp949 = tmp_path / "cp949.txt"
     cp949.write_bytes("배송이 빨라요\n".encode("cp949"))
     with pytest.raises(ValueError, match=r"cp949\.txt:1: not UTF-8"):
@@ -227,38 +233,43 @@ def test_ensure_base_model_builds_once_then_reuses(tiny_corpus_file, monkeypatch
         ensure_base_model("roberta", tiny_corpus_file, replace(args, max_steps=11))
 
 
-def test_concurrent_ensure_builds_once_under_the_lock(tmp_path, monkeypatch, tiny_args):
+def test_concurrent_ranks_build_once_by_rank_0_under_the_lock(tmp_path, monkeypatch, tiny_args):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("배송 빨라요\n", encoding="utf-8")
-    calls = []
+    me = threading.local()  # each thread plays one rank of a distributed launch
+    builders = []
 
     def fake_build(args, out):  # stands in for the slow pre-training: the lock logic is under test
-        calls.append(out)
+        builders.append(me.rank)
         time.sleep(0.5)
-        (out / "pretrain_log.json").write_text(
-            json.dumps({"summary": {"total_minutes": 0.01, "first_loss": 5.0, "last_loss": 4.0}}), encoding="utf-8"
-        )
-        return {"total_minutes": 0.01, "first_loss": 5.0, "last_loss": 4.0}
+        summary = {"total_minutes": 0.01, "first_loss": 5.0, "last_loss": 4.0}
+        (out / "pretrain_log.json").write_text(json.dumps({"summary": summary}), encoding="utf-8")
+        return summary
 
     monkeypatch.setattr(base_models, "_build", fake_build)
-    monkeypatch.setenv("LOCAL_RANK", "0")  # as under torchrun / accelerate launch
+    monkeypatch.setattr(base_models, "_local_rank", lambda: me.rank)
     results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(ensure_base_model("causal", corpus, tiny_args("causal"))))
-        for _ in range(3)
-    ]
+
+    def rank_main(rank: int, delay: float) -> None:
+        me.rank = rank
+        time.sleep(delay)
+        results.append(ensure_base_model("causal", corpus, tiny_args("causal")))
+
+    # Ranks 1 and 2 reach ensure_base_model first; rank 0 still builds, once, and they reuse its model.
+    threads = [threading.Thread(target=rank_main, args=(r, d)) for r, d in ((1, 0.0), (2, 0.0), (0, 0.4))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(calls) == 1 and len(results) == 3 and len(set(results)) == 1
+    assert builders == [0]
+    assert len(results) == 3 and len(set(results)) == 1 and (results[0][0] / "base_model.json").is_file()
 
 
 def test_ensure_base_model_rejects_bad_input(tmp_path, tiny_args):
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         ensure_base_model("causal", tmp_path / "missing.txt")
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("배송 빨라요\n", encoding="utf-8")
+    corpus.write_text("사이즈 딱 맞아요\n", encoding="utf-8")
     with pytest.raises(ValueError, match="kind"):
         ensure_base_model("causal", corpus, default_pretrain_args("roberta"))
     with pytest.raises(ValueError, match="kind must be"):

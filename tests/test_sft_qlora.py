@@ -16,7 +16,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from reviewtune.generation import generate_answers
 from reviewtune.prompts import to_instruction
-from reviewtune.quantization import adapters_follow_compute_dtype, load_causal_lm
+from reviewtune.quantization import adapters_follow_compute_dtype, load_causal_lm, load_trained_for_generation
 from reviewtune.run_summary import SUMMARY_KEYS
 from reviewtune.sft_data import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
 from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
@@ -65,9 +65,10 @@ def _argv(model_dir, data_dir, output_dir, *extra) -> list[str]:
     return [
         *("--model_name_or_path", str(model_dir), "--output_dir", str(output_dir)),
         *("--train_file", str(data_dir / "train.jsonl"), "--validation_file", str(data_dir / "validation.jsonl")),
-        *("--test_file", str(data_dir / "test.jsonl"), "--max_length", "64", "--max_train_samples", "96"),
-        *("--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "5e-3"),
-        *("--max_steps", "8", "--logging_steps", "1", "--save_steps", "4", "--warmup_steps", "0", "--seed", "0"),
+        *("--test_file", str(data_dir / "test.jsonl"), "--max_length", "96", "--max_train_samples", "96"),
+        *("--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3"),
+        *("--max_steps", "24", "--logging_steps", "1", "--save_steps", "12", "--warmup_steps", "0", "--seed", "0"),
+        *("--lr_scheduler_type", "constant"),
         *("--lora_r", "8", "--lora_alpha", "16", "--num_sample_predictions", "4", "--max_new_tokens", "12"),
         *extra,
     ]
@@ -91,8 +92,8 @@ def test_qlora_run_writes_the_contract_and_loss_falls(qlora_run):
     assert on_disk["train_tokens_per_s"] > 0 and on_disk["peak_memory_bytes"] > 0
     assert on_disk["final_eval_loss"] is not None
     losses = [loss for _, loss in on_disk["train_loss_history"]]
-    assert len(losses) == 8
-    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses  # falls clearly in 8 steps
+    assert len(losses) == 24
+    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:2]) / 2, losses  # falls clearly in 24 steps
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "task_spec.json",
                  "token_freqs.json", "sample_predictions.json"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -131,11 +132,14 @@ def test_loss_on_answer_only_ends_with_eos_and_shortening_cuts_the_review(tiny_c
     long_review = " 그리고 ".join(["디자인이 예쁘고 색감도 좋아요 그런데 배송이 느렸어요"] * 12)
     records = [
         *_records(2, seed=7),
-        {"id": "long", "text": long_review, "aspects": [{"keyword": "디자인", "polarity": 1},
-                                                         {"keyword": "배송", "polarity": -1}]},  # fmt: skip
+        {
+            "id": "long",
+            "text": long_review,
+            "aspects": [{"keyword": "디자인", "polarity": 1}, {"keyword": "배송", "polarity": -1}],
+        },  # fmt: skip
         {"id": "no-room", "text": "길어요", "aspects": [{"keyword": k, "polarity": -2} for k in DEFAULT_KEYWORDS]},
     ]
-    max_length = 48
+    max_length = 72
     dataset, stats = instruction_dataset(records, TASK, tokenizer, max_length)
     assert dataset.column_names == ["prompt", "completion"]
     assert stats.total == 4 and stats.kept == 3 and stats.dropped == {TOO_LONG: 1} and stats.shortened == 1
@@ -267,3 +271,23 @@ def test_every_config_parses_and_unknown_keys_fail(recipe, tmp_path):
     bad.write_text("task: aspects\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*learning_rat"):
         recipe.parse_args(["--config", str(bad)])
+    with pytest.raises(ValueError, match="learning_rat"):
+        recipe.parse_args(["--learning_rat", "0.1"])
+
+
+def test_reloaded_run_answers_like_the_trained_model(qlora_run, tiny_causal_dir, data_dir):
+    """The path used under ZeRO-3/FSDP (rank 0 reloads the run on one device) gives the in-process answers."""
+    out, _ = qlora_run
+    preds = json.loads((out / "sample_predictions.json").read_text())["predictions"]
+    test_records = [json.loads(line) for line in (data_dir / "test.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompts = [to_instruction(r, TASK, tokenizer, 96)["prompt"] for r in test_records[: len(preds)]]
+    args = SFTConfig(output_dir=str(out), use_cpu=True, bf16=False, report_to="none")
+    model_args = ModelConfig(load_in_4bit=True, use_peft=True, use_bnb_nested_quant=True)
+    model = load_trained_for_generation(out, str(tiny_causal_dir), model_args, args)
+    after = generate_answers(model, tokenizer, prompts, max_new_tokens=12, progress=False)
+    with model.disable_adapter():
+        before = generate_answers(model, tokenizer, prompts, max_new_tokens=12, progress=False)
+    assert after == [p["after"] for p in preds]
+    assert before == [p["before"] for p in preds]
+    assert after != before

@@ -1,0 +1,317 @@
+"""recipes/classify_roberta.py and reviewtune.classifier on tiny models and data the tests write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reviewtune.atomic import read_json
+from reviewtune.classifier import (
+    MULTI_LABEL,
+    REGRESSION,
+    SINGLE_LABEL,
+    build_examples,
+    class_weights,
+    head_metrics,
+    heads_for_task,
+    load_records,
+    load_thresholds,
+    lora_config,
+    model_max_length,
+    save_thresholds,
+    split_validation,
+    tune_thresholds,
+)
+from reviewtune.records import make_record, write_records
+from reviewtune.run_summary import SUMMARY_KEYS
+from reviewtune.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("classify_*.yaml"))
+KEYWORDS = ["가격", "디자인", "배송", "사이즈", "색상"]  # a user keyword list (a subset of the default)
+GOOD, BAD = ["좋아요", "최고예요", "만족해요"], ["별로예요", "실망이에요", "아쉬워요"]
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("classify_roberta", ROOT / "recipes" / "classify_roberta.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_records(task: str, n: int, seed: int) -> list[dict]:
+    """Easy, learnable records: the label follows from the words used."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kws = rng.sample(KEYWORDS, rng.choice([1, 1, 2]))
+        pols = [rng.choice([-2, -1, 1, 2, 2]) for _ in kws]
+        text = " 그리고 ".join(f"{k} {'정말 ' if abs(p) == 2 else ''}{rng.choice(GOOD if p > 0 else BAD)}"
+                              for k, p in zip(kws, pols, strict=True))  # fmt: skip
+        good = sum(p > 0 for p in pols)
+        rec = make_record(f"{task}-{seed}-{i}", text)
+        if task == "sentiment":
+            rec["sentiment"] = int(pols[0] > 0)
+        elif task == "sentiment5":
+            rec["sentiment"] = {-2: 0, -1: 1, 1: 3, 2: 4}[pols[0]]
+        elif task == "aspects":
+            rec["aspects"] = [{"keyword": k, "polarity": p} for k, p in zip(kws, pols, strict=True)]
+        else:
+            rec["score"] = float(pols[0])
+        rec["meta"] = {"good": good}
+        out.append(rec)
+    return out
+
+
+def write_splits(tmp_path: Path, task: str, n_train: int = 96) -> dict[str, str]:
+    files = {}
+    for split, n, seed in (("train", n_train, 0), ("validation", 32, 1), ("test", 24, 2)):
+        files[split] = str(write_records(tmp_path / task / split / "records.jsonl", make_records(task, n, seed)))
+    return files
+
+
+def run_recipe(tmp_path, tiny_roberta_dir, task: str, *extra: str, n_train: int = 96):
+    files = write_splits(tmp_path, task, n_train)
+    out = tmp_path / f"run_{task}"
+    argv = [
+        "--task", task, "--train_file", files["train"], "--validation_file", files["validation"],
+        "--test_file", files["test"], "--model_name_or_path", str(tiny_roberta_dir), "--output_dir", str(out),
+        "--max_length", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
+        "--max_steps", "24", "--num_train_epochs", "1", "--learning_rate", "5e-3", "--warmup_steps", "0",
+        "--logging_steps", "1", "--eval_steps", "12", "--save_steps", "12", "--seed", "0",
+        "--dataloader_pin_memory", "false", "--disable_tqdm", "true", "--num_sample_predictions", "2",
+    ]  # fmt: skip
+    if task == "aspects":
+        argv += ["--keywords", *KEYWORDS]
+    summary = load_recipe().main(argv + list(extra))
+    return out, summary
+
+
+def assert_loss_fell(run_dir: Path):
+    losses = [h["loss"] for h in read_json(run_dir / "trainer_state.json")["log_history"] if "loss" in h]
+    assert len(losses) >= 12, losses
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert last < 0.9 * first, f"{run_dir.name}: loss did not fall: {losses}"
+
+
+def assert_run_dir(run_dir: Path, method: str):
+    summary = read_json(run_dir / "run_summary.json")
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["recipe"] == "classify_roberta" and summary["kind"] == "classifier"
+    assert summary["quantization"] == "none" and summary["method"] == method
+    assert 0 < summary["trainable_params"] <= summary["total_params"]
+    for name in ("task_spec.json", "token_freqs.json", "classification_report.json", "tokenizer.json"):
+        assert (run_dir / name).is_file(), name
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    assert (run_dir / weights).is_file()
+    assert not list(run_dir.glob("*.bin")) or all(p.name == "training_args.bin" for p in run_dir.glob("*.bin"))
+    return summary
+
+
+def pipeline_labels(model_dir: Path, texts: list[str]) -> list[str]:
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(model_dir), device="cpu")
+    return [r["label"] for r in clf(texts)]
+
+
+# ----------------------------------------------------------------------------------------- library units
+
+
+def test_heads_follow_the_tasks():
+    assert [(h.name, h.problem_type, h.label_names) for h in heads_for_task(get_task("sentiment"))] == [
+        ("sentiment", SINGLE_LABEL, ("부정", "긍정"))
+    ]
+    assert heads_for_task(get_task("sentiment5"))[0].num_labels == 5
+    assert heads_for_task(get_task("regression"))[0].problem_type == REGRESSION
+    keywords, polarity = heads_for_task(get_task("aspects", keywords=KEYWORDS))
+    assert (keywords.name, keywords.problem_type, keywords.label_names) == ("keywords", MULTI_LABEL, tuple(KEYWORDS))
+    assert (polarity.name, polarity.label_names) == ("keyword_sentiment", ("-2", "-1", "0", "1", "2"))
+    assert (keywords.default_metric, polarity.default_metric) == ("micro_f1", "macro_f1")
+
+
+def test_examples_per_head_and_class_weights():
+    task = get_task("aspects", keywords=KEYWORDS)
+    recs = [
+        make_record("a", "배송 좋아요 그리고 색상 별로예요", aspects=[{"keyword": "색상", "polarity": -1},
+                                                                  {"keyword": "배송", "polarity": 2}]),
+        make_record("b", "가격 좋아요", aspects=[{"keyword": "가격", "polarity": 1}]),
+        make_record("c", "그냥 그래요", aspects=[]),
+    ]  # fmt: skip
+    kw_head, pol_head = heads_for_task(task)
+    kw = build_examples(recs, task, kw_head)
+    assert [e["labels"] for e in kw] == [[0, 0, 1, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+    pol = build_examples(recs, task, pol_head)
+    # one example per (review, keyword), in keyword-list order, input = keyword_input, label = polarity index
+    assert [e["text"] for e in pol] == [
+        "###입력: 배송 좋아요 그리고 색상 별로예요\n###키워드: 배송",
+        "###입력: 배송 좋아요 그리고 색상 별로예요\n###키워드: 색상",
+        "###입력: 가격 좋아요\n###키워드: 가격",
+    ]
+    assert [e["label"] for e in pol] == [4, 1, 3]
+    # BCE pos_weight = negatives / positives (1 if never present), clipped to [1/10, 10]
+    assert class_weights(kw, kw_head, "balanced", 10.0) == [2.0, 1.0, 2.0, 1.0, 2.0]
+    # cross-entropy: n / (K * count) = 3 / (5 * 1), absent classes 1; clipped to [1/1.5, 1.5]
+    assert class_weights(pol, pol_head, "balanced", 10.0) == [1.0, 0.6, 1.0, 0.6, 0.6]
+    assert class_weights(pol, pol_head, "balanced", 1.5) == [1.0, 0.666667, 1.0, 0.666667, 0.666667]
+    assert class_weights(pol, pol_head, "none", 10.0) is None
+
+
+def test_load_records_counts_every_dropped_row(tmp_path):
+    task = get_task("sentiment")
+    rows = [make_record("1", "좋아요", sentiment=1), make_record("2", "", sentiment=0),
+            make_record("3", "별로", sentiment=None), make_record("4", "음", sentiment=7)]  # fmt: skip
+    path = write_records(tmp_path / "r.jsonl", rows)
+    kept, report = load_records(path, task)
+    assert [r["id"] for r in kept] == ["1"]
+    assert report["read"] == 4 == report["kept"] + sum(report["dropped"].values())
+    assert report["dropped"] == {"empty_text": 1, "missing_label": 1, "unknown_label": 1}
+    train, val = split_validation([make_record(str(i), "x", sentiment=0) for i in range(20)], 0.25, seed=3)
+    assert (len(train), len(val)) == (15, 5) and not {r["id"] for r in train} & {r["id"] for r in val}
+
+
+def test_multilabel_metrics_hand_checked():
+    """Keyword detection at per-keyword thresholds, checked against hand-counted TP/FP/FN."""
+    task = get_task("aspects", keywords=["가격", "배송", "색상"])
+    head = heads_for_task(task)[0]
+    y_true = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    probs = np.array([[0.9, 0.6, 0.4], [0.2, 0.7, 0.1], [0.55, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    logits = np.log(probs / (1 - probs))
+    m = head_metrics(head, logits, y_true, thresholds=np.array([0.5, 0.65, 0.5]))
+    # predictions: [1,0,0], [0,1,0], [1,0,0], [0,0,1]
+    # 가격 TP2 FP0 FN0 -> P1 R1 F1; 배송 TP1 FP0 FN1 -> P1 R.5 F2/3; 색상 TP0 FP1 FN1 -> 0
+    # micro: TP3 FP1 FN2 -> P 3/4, R 3/5, F1 2/3
+    assert m["micro_precision"] == pytest.approx(3 / 4)
+    assert m["micro_recall"] == pytest.approx(3 / 5)
+    assert m["micro_f1"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert m["exact_match"] == pytest.approx(1 / 4)  # only row 2 is entirely right
+    assert m["per_keyword"]["배송"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    # the default threshold 0.5 also detects 배송 in row 1 (0.6): one more false positive
+    assert head_metrics(head, logits, y_true)["micro_precision"] == pytest.approx(3 / 5)
+
+
+def test_thresholds_tuned_per_keyword_and_saved(tmp_path):
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 2)) < 0.3).astype(int)
+    probs = np.where(y == 1, 0.25 + 0.1 * rng.random((200, 2)), 0.05 + 0.1 * rng.random((200, 2)))
+    probs[:, 1] = np.where(y[:, 1] == 1, 0.9, 0.1)  # separable at 0.5
+    t = tune_thresholds(probs, y, ["가격", "배송"])
+    assert 0.15 < t["가격"] <= 0.25  # separates 0.05-0.15 from 0.25-0.35
+    assert t["배송"] == 0.5  # every threshold in (0.1, 0.9] is perfect: the tie goes to 0.5
+    assert tune_thresholds(probs[:3], y[:3], ["가격", "배송"]) == {"가격": 0.5, "배송": 0.5}  # too few positives
+    save_thresholds(tmp_path, t, tuned=True)
+    assert load_thresholds(tmp_path, ["배송", "가격"]).tolist() == [0.5, t["가격"]]
+
+
+def test_lora_trains_only_adapters_and_head(tiny_roberta_dir):
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
+    from trl import ModelConfig
+
+    for targets, adapted in ((None, {"query", "value"}), (["all-linear"], {"query", "key", "value", "dense"})):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_roberta_dir, num_labels=3)
+        model = get_peft_model(model, lora_config(ModelConfig(use_peft=True, lora_r=4, lora_target_modules=targets)))
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n or ".classifier.modules_to_save." in n for n in trainable), trainable
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_" in n} == adapted
+        assert any(n.endswith("classifier.modules_to_save.default.out_proj.weight") for n in trainable)
+        assert not any("classifier" in n and "lora_" in n for n in trainable)  # the head is trained in full
+    assert model_max_length(model.config, 10_000) == model.config.max_position_embeddings - 2
+
+
+def test_configs_parse_and_unknown_keys_fail(tmp_path):
+    recipe = load_recipe()
+    assert {p.name for p in CONFIGS} >= {
+        "classify_roberta_default.yaml", "classify_klue_roberta_base_nsmc.yaml", "classify_klue_roberta_large_nsmc.yaml",
+        "classify_klue_roberta_base_aspects.yaml", "classify_nsmc_sentiment_cpu.yaml",
+    }  # fmt: skip
+    for path in CONFIGS:
+        assert path.read_text(encoding="utf-8").startswith("#"), f"{path.name}: no comment header"
+        data, clf, training, model = recipe.parse_args(["--config", str(path)])
+        assert data.task in ("sentiment", "sentiment5", "aspects", "regression")
+        assert training.load_best_model_at_end and training.train_sampling_strategy == "group_by_length"
+        recipe.check_model_args(model)
+    data, clf, training, model = recipe.parse_args(["--max_length", "64"])  # no --config: the embedded default
+    assert (data.task, data.train_file, model.model_name_or_path, clf.max_length) == ("aspects", None, "embedded", 64)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: sentiment\nnot_a_field: 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.yaml.*not_a_field"):
+        recipe.parse_args(["--config", str(bad)])
+    with pytest.raises(ValueError, match="command line.*not_a_flag"):
+        recipe.parse_args(["--not_a_flag", "1"])
+
+
+# ------------------------------------------------------------------------------------------- recipe runs
+
+
+def test_sentiment_lora_run_merges_and_resumes(tmp_path, tiny_roberta_dir):
+    out, summary = run_recipe(tmp_path, tiny_roberta_dir, "sentiment")
+    assert_loss_fell(out)
+    assert_run_dir(out, "lora")
+    assert summary["pipeline_model"] == "merged" and summary["metrics"]["test"]["n"] == 24
+    assert (out / "merged" / "model.safetensors").is_file()
+    config = json.loads((out / "merged" / "config.json").read_text())
+    assert config["id2label"] == {"0": "부정", "1": "긍정"}
+    # the merged model round-trips through pipeline, with label names, and agrees with the adapter
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["배송 정말 좋아요", "가격 실망이에요", "색상 아쉬워요"]
+    labels = pipeline_labels(out / "merged", texts)
+    assert set(labels) <= {"부정", "긍정"}
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_roberta_dir, config=str(out / "config.json"))
+    adapter = PeftModel.from_pretrained(base, out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        ids = adapter(**tok(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
+    assert labels == [["부정", "긍정"][i] for i in ids]
+    # re-launched into the same output_dir with more steps: resumes from the last checkpoint
+    _, resumed = run_recipe(tmp_path, tiny_roberta_dir, "sentiment", "--max_steps", "30")
+    assert resumed["resumed_from"].endswith("checkpoint-24") and resumed["global_step"] == 30
+
+
+def test_sentiment5_full_finetuning_pipeline(tmp_path, tiny_roberta_dir):
+    out, summary = run_recipe(tmp_path, tiny_roberta_dir, "sentiment5", "--use_peft", "false")
+    assert_loss_fell(out)
+    assert_run_dir(out, "full")
+    assert summary["pipeline_model"] == "." and summary["trainable_params"] == summary["total_params"]
+    report = read_json(out / "classification_report.json")
+    assert report["test"]["confusion_matrix"]["labels"] == get_task("sentiment5").label_names
+    assert set(pipeline_labels(out, ["배송 정말 좋아요"])) <= set(get_task("sentiment5").label_names)
+
+
+def test_regression_run(tmp_path, tiny_roberta_dir):
+    out, summary = run_recipe(tmp_path, tiny_roberta_dir, "regression", "--use_peft", "false")
+    assert_loss_fell(out)
+    assert_run_dir(out, "full")
+    assert {"pearson", "spearman", "mse", "mae"} <= set(summary["metrics"]["test"])
+    assert summary["best_metric"]["name"] == "mse"
+
+
+def test_aspects_two_model_system(tmp_path, tiny_roberta_dir):
+    out, summary = run_recipe(tmp_path, tiny_roberta_dir, "aspects", n_train=128)
+    assert summary["components"] == {"keywords": "keywords", "keyword_sentiment": "keyword_sentiment"}
+    assert set(SUMMARY_KEYS) <= set(summary) and summary["task"] == "aspects" and summary["kind"] == "classifier"
+    assert {"micro_f1", "exact_match", "polarity_accuracy"} <= set(summary["metrics"]["test"])
+    for name in ("keywords", "keyword_sentiment"):
+        assert_loss_fell(out / name)
+        sub = assert_run_dir(out / name, "lora")
+        assert sub["component"] == name
+    thresholds = read_json(out / "keywords" / "thresholds.json")["thresholds"]
+    assert list(thresholds) == KEYWORDS and all(0 < t < 1 for t in thresholds.values())
+    assert set(pipeline_labels(out / "keywords" / "merged", ["배송 좋아요"])) <= set(KEYWORDS)
+    assert set(pipeline_labels(out / "keyword_sentiment" / "merged", ["###입력: 배송 좋아요\n###키워드: 배송"])) <= {
+        "-2", "-1", "0", "1", "2"}  # fmt: skip
+    # keyword inputs are cut on the left, so the keyword at the end survives truncation
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "keyword_sentiment" / "merged")
+    ids = tok("###입력: " + "아주 긴 리뷰 " * 50 + "\n###키워드: 배송", truncation=True, max_length=16)["input_ids"]
+    assert len(ids) == 16 and tok.decode(ids, skip_special_tokens=True).endswith("배송")
