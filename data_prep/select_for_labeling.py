@@ -11,15 +11,18 @@ generative runs through loglik), ``rare`` (share of tokens rare in the run's tra
 (k-means on the model's sentence embeddings), ``proportional`` (stratified random; needs ``--group-by``).
 ``--group-by FIELD`` gives each value of ``meta[FIELD]`` a share of ``k`` proportional to its size.
 
-The pool is a records.jsonl (labels may be null). Writes ``--out`` (JSONL, best first): each chosen record
-with ``selection`` = ``{rank, strategy, scores, details, group}``; fill in its label(s) and merge it back with
-``data_prep/merge_labels.py``. Also writes ``<out>.report.json`` (counts, arguments, provenance).
+The pool is a records.jsonl (labels may be null) or a text file with one review per line (``.txt``,
+``.txt.gz``; ids ``<file stem>-<line>``); ``--max_pool N`` scores a seeded random sample of N of its records.
+Writes ``--out`` (JSONL, best first): each chosen record with ``selection`` = ``{rank, strategy, scores,
+details, group}``; fill in its label(s) and merge it back with ``data_prep/merge_labels.py``. Also writes
+``<out>.report.json`` (counts, arguments, provenance).
 Exit status 2 when a strategy has no meaning for the run (one line says why) or on bad input.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,19 +30,24 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from reviewtune.atomic import atomic_write_json, atomic_write_jsonl
+from reviewtune.highlights import peek_system
 from reviewtune.provenance import provenance
 from reviewtune.scoring import load_system
-from reviewtune.selection import STRATEGIES, group_of, load_pool, score_pool, select, unavailable
+from reviewtune.selection import STRATEGIES, default_strategy, group_of, load_pool, score_pool, select, unavailable
 
 
 @dataclass
 class SelectArguments:
     run: str = field(metadata={"help": "Run directory (recipes/sft_qlora.py or recipes/classify_roberta.py)."})
-    pool: str = field(metadata={"help": "Unlabelled records.jsonl to choose from."})
+    pool: str = field(metadata={"help": "Unlabelled records.jsonl, or text with one review per line (.txt[.gz])."})
     k: int = field(metadata={"help": "How many records to choose."})
     out: str = field(metadata={"help": "Output JSONL of the chosen records, ranked."})
-    strategy: str = field(
-        default="least_confidence", metadata={"help": f"Comma-separated, taking turns: {', '.join(STRATEGIES)}."}
+    strategy: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Comma-separated, taking turns: {', '.join(STRATEGIES)}. Default: keyword_uncertainty "
+            "(aspect classifier), least_confidence (sentiment runs), rare (other runs)."
+        },
     )
     group_by: str | None = field(default=None, metadata={"help": "meta field to sample proportionally across."})
     exclude: list[str] = field(default_factory=list, metadata={"help": "Records files whose ids are left out."})
@@ -48,6 +56,7 @@ class SelectArguments:
     )
     rare_max_count: int = field(default=2, metadata={"help": "rare: tokens seen at most this often in training."})
     n_clusters: int = field(default=8, metadata={"help": "outliers: k-means clusters."})
+    max_pool: int | None = field(default=None, metadata={"help": "Score a seeded random sample of this many."})
     batch_size: int = field(default=32, metadata={"help": "Inputs per forward pass."})
     merged: bool = field(default=False, metadata={"help": "Load a generative run's merged/ model."})
     seed: int = field(default=0, metadata={"help": "Seed for k-means and proportional sampling."})
@@ -56,26 +65,34 @@ class SelectArguments:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     (args,) = HfArgumentParser(SelectArguments).parse_args_into_dataclasses(args=argv)
-    strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
-    if not strategies or len(set(strategies)) != len(strategies) or not set(strategies) <= set(STRATEGIES):
-        print(f"error: --strategy {args.strategy!r}: give distinct strategies from {', '.join(STRATEGIES)}",
-              file=sys.stderr)  # fmt: skip
-        return 2
     if args.k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
         return 2
     try:
+        peek = peek_system(args.run)  # checked before loading the model, so a refusal is one line
         pool, dropped, n_read = load_pool(args.pool, args.exclude)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    system = load_system(args.run, merged=args.merged)
+    strategy = args.strategy or default_strategy(peek, args.scoring)
+    strategies = [s.strip() for s in strategy.split(",") if s.strip()]
+    if not strategies or len(set(strategies)) != len(strategies) or not set(strategies) <= set(STRATEGIES):
+        print(f"error: --strategy {strategy!r}: give distinct strategies from {', '.join(STRATEGIES)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     for s in strategies:
-        reason = unavailable(system, s, args.scoring, args.group_by)
+        reason = unavailable(peek, s, args.scoring, args.group_by)
         if reason:
             print(f"error: {reason}", file=sys.stderr)
             return 2
+    system = load_system(args.run, merged=args.merged)
+    print(f"strategy: {', '.join(strategies)}" + ("" if args.strategy else " (the default for this run)"))
     print(f"{args.pool}: read {n_read}, kept {len(pool)}, dropped {sum(dropped.values())} {dropped or ''}".rstrip())
+    n_kept = len(pool)
+    if args.max_pool is not None and args.max_pool < len(pool):
+        keep = sorted(random.Random(args.seed).sample(range(len(pool)), args.max_pool))
+        pool = [pool[i] for i in keep]
+        print(f"scoring a random sample of {len(pool)} of the {n_kept} kept records (--max_pool, seed {args.seed})")
     texts = [r["text"] for r in pool]
     scores, details = score_pool(system, texts, strategies, args.scoring, args.batch_size, args.rare_max_count,
                                  args.n_clusters, args.seed)  # fmt: skip
@@ -97,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     by_group = {g: sum(1 for i, _ in picks if groups[i] == g) for g in sorted(set(groups))} if groups else None
     report = {
         "run": args.run,
-        "pool": {"read": n_read, "kept": len(pool), "dropped": dropped},
+        "pool": {"read": n_read, "kept": n_kept, "dropped": dropped, "scored": len(pool)},
         "chosen": len(rows),
         "by_strategy": by_strategy,
         "by_group": by_group,
+        "strategies": strategies,
         "arguments": asdict(args),
         "provenance": provenance(seed=args.seed, data_files={"pool": args.pool}),
     }

@@ -65,6 +65,10 @@ class PretrainArguments:
         default=512, metadata={"help": "Longest input the model accepts later (fine-tuning prompts)."}
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate for the roberta kind."})
+    dropout: float = field(
+        default=0.1,
+        metadata={"help": "Dropout while pre-training; the saved config keeps 0.1 (roberta) / 0.0 (causal)."},
+    )
     # Training
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps (upper bound)."})
     max_minutes: float | None = field(
@@ -243,11 +247,18 @@ def build_model(kind: str, tokenizer, args: PretrainArguments):
             num_key_value_heads=args.num_heads,
             max_position_embeddings=args.max_position_embeddings,
             tie_word_embeddings=True,
+            attention_dropout=args.dropout,
         )
         return LlamaForCausalLM(config)
     if kind == "roberta":
         # RoBERTa's positions start after the padding index, hence +2.
-        config = RobertaConfig(**common, max_position_embeddings=args.max_position_embeddings + 2, type_vocab_size=1)
+        config = RobertaConfig(
+            **common,
+            max_position_embeddings=args.max_position_embeddings + 2,
+            type_vocab_size=1,
+            hidden_dropout_prob=args.dropout,
+            attention_probs_dropout_prob=args.dropout,
+        )
         return RobertaForMaskedLM(config)
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
@@ -426,6 +437,11 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
 
     # Save
     model.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
+    # Fine-tuning gets each architecture's usual dropout, whatever pre-training used.
+    if args.kind == "roberta":
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.1
+    else:
+        model.config.attention_dropout = 0.0
     trainer.save_model(str(output_dir))  # model (safetensors) + tokenizer
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in pretrain_log.json
     if args.kind == "causal":

@@ -38,8 +38,8 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
-        if p.__class__.__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte
-            n *= 2
+        if p.__class__.__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per storage byte
+            n *= 2 * p.element_size()  # uint8 storage by default; bf16/fp32 storage under ZeRO-3/FSDP
         total += n
         if p.requires_grad:
             trainable += n

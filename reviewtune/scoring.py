@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
-from reviewtune.classifier import load_thresholds, model_max_length
 from reviewtune.generation import generate_answers, label_loglik, loglik_probs
 from reviewtune.prompts import build_prompt, keyword_input, parse_answer
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
@@ -30,6 +29,8 @@ logger = logging.getLogger(__name__)
 SCORING_MODES = ("generate", "loglik", "classifier")
 LOGLIK_TASKS = ("sentiment", "sentiment5")  # closed label sets
 ADAPTER_CONFIG = "adapter_config.json"
+_PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+DEFAULT_MAX_INPUT_TOKENS = 512  # classifier input limit when the run recorded no max_length
 
 
 @dataclass
@@ -53,6 +54,11 @@ class System:
         if self.kind == "classifier":
             return ("classifier",)
         return ("generate", "loglik") if self.task.name in LOGLIK_TASKS else ("generate",)
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Classifier input limit: as trained (``max_length``), within the model's positions; longer is cut."""
+        return min(x for x in (self.max_length, self.positions, DEFAULT_MAX_INPUT_TOKENS) if x)
 
     def models(self) -> list[Any]:
         return [self.model] if self.model is not None else [c.model for c in self.components.values()]
@@ -105,30 +111,33 @@ def _weight_files(directory: Path) -> list[Path]:
     return sorted({p for pattern in _SERVING_FILES for p in directory.glob(pattern) if p.is_file()})
 
 
-def _nf4_config():
-    """The NF4 4-bit config the SFT recipe trains with (the library helper when there is one)."""
-    try:
-        from reviewtune.quantization import nf4_config  # the SFT recipe's own choice, if present
+def _compute_dtype() -> torch.dtype:
+    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU: ``quantization.compute_dtype``'s rule,
+    restated because importing that module loads trl and peft in classifier processes that need neither."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
 
-        return nf4_config()
-    except ImportError:
-        from transformers import BitsAndBytesConfig
 
-        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
+def _nf4_config(summary: dict):
+    """The NF4 config the run trained with: double quantisation as recorded, the SFT recipe's compute dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=bool((summary.get("config") or {}).get("use_bnb_nested_quant", True)),
+        bnb_4bit_compute_dtype=_compute_dtype(),
+    )
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _model_dtype() -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+def _device_index() -> int | str:
+    """``device_map`` target: bitsandbytes quantises while loading, straight onto this device."""
+    return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
 
 
 def _trained_length(summary: dict) -> int | None:
@@ -138,44 +147,62 @@ def _trained_length(summary: dict) -> int | None:
 
 
 def _positions(model) -> int | None:
-    """Longest sequence the model can take (RoBERTa-style models lose positions to the padding offset)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    return model_max_length(model.config, limit) if limit else None
+    """Longest sequence the model can take: RoBERTa-style position ids start after the padding index."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and config.model_type in _PADDING_OFFSET_MODEL_TYPES:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
+def _base_dir(run_dir: Path, summary: dict, kind: str) -> Path:
+    """The adapter's base model directory: as recorded in ``adapter_config.json`` / ``run_summary.json``, else
+    the embedded base of the same hash in this machine's cache (a run copied from elsewhere)."""
+    recorded = [read_json(run_dir / ADAPTER_CONFIG).get("base_model_name_or_path"), summary.get("base_model")]
+    candidates = [Path(p) for p in recorded if p]
+    for path in candidates:
+        if (path / "config.json").is_file():
+            return path
+    if summary.get("base_model_hash"):
+        from reviewtune.base_models import base_model_dir  # imported only here: it loads the pre-training code
+
+        cached = base_model_dir(kind, summary["base_model_hash"])
+        if (cached / "config.json").is_file():
+            return cached
+        candidates.append(cached)
+    raise FileNotFoundError(
+        f"{run_dir}: the adapter's base model is not a local directory (tried {', '.join(map(str, candidates))}); "
+        "rebuild the embedded base (it is cached under REVIEWTUNE_HOME) or score a merged model"
+    )
 
 
 def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool) -> System:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = _device()
-    if merged and (run_dir / "merged").is_dir():
+    if merged and not (run_dir / "merged" / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no merged/ model (train with --merge, or score base + adapter)")
+    if merged:
         weights_dir = run_dir / "merged"
-        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=_model_dtype()).to(device)
+        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=_compute_dtype()).to(device)
         weight_paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
     elif (run_dir / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
-        adapter_cfg = read_json(run_dir / ADAPTER_CONFIG)
-        base = adapter_cfg.get("base_model_name_or_path") or summary.get("base_model")
-        if not base or not Path(base).exists():
-            base = summary.get("base_model") or base
-        if not base or not Path(base).is_dir():
-            raise FileNotFoundError(
-                f"{run_dir}: the base model {base!r} named in {ADAPTER_CONFIG} / run_summary.json is not a local "
-                "directory; rebuild it (the embedded base is cached under REVIEWTUNE_HOME) or pass a merged run"
-            )
+        base = _base_dir(run_dir, summary, "causal")
         if summary.get("quantization") == "nf4":
             # Scored the way it was trained: NF4 4-bit base + the LoRA adapter.
             base_model = AutoModelForCausalLM.from_pretrained(
-                base, quantization_config=_nf4_config(), dtype=_model_dtype(), device_map={"": device}
+                base, quantization_config=_nf4_config(summary), dtype=_compute_dtype(), device_map={"": _device_index()}
             )
         else:
-            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=_model_dtype()).to(device)
+            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=_compute_dtype()).to(device)
         model = PeftModel.from_pretrained(base_model, run_dir)
         weight_paths = _weight_files(run_dir) + _weight_files(Path(base))
         tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
     elif (run_dir / "config.json").is_file():  # full fine-tuning: the model itself
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=_model_dtype()).to(device)
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=_compute_dtype()).to(device)
         weight_paths = _weight_files(run_dir)
         tokenizer_dir = run_dir
     else:
@@ -204,26 +231,21 @@ def _load_classifier_model(run_dir: Path, summary: dict):
     pipeline_model = summary.get("pipeline_model")
     if pipeline_model not in (None, ".") and (run_dir / pipeline_model / "config.json").is_file():
         weights_dir = run_dir / pipeline_model
-        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=_model_dtype())
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=_compute_dtype())
         paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
     elif (run_dir / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
-        adapter_cfg = read_json(run_dir / ADAPTER_CONFIG)
-        base = adapter_cfg.get("base_model_name_or_path") or summary.get("base_model")
-        if not base or not Path(base).is_dir():
-            base = summary.get("base_model") or base
-        if not base or not Path(base).is_dir():
-            raise FileNotFoundError(f"{run_dir}: base model {base!r} of the adapter is not a local directory")
+        base = _base_dir(run_dir, summary, "roberta")
         # The head's shape and label names come from the run's own config.json (saved with id2label).
         config = AutoConfig.from_pretrained(run_dir if (run_dir / "config.json").is_file() else base)
-        base_model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=_model_dtype())
+        base_model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=_compute_dtype())
         model = PeftModel.from_pretrained(base_model, run_dir)
         paths = _weight_files(run_dir) + _weight_files(Path(base))
         tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
     elif (run_dir / "config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=_model_dtype())
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=_compute_dtype())
         paths = _weight_files(run_dir)
         tokenizer_dir = run_dir
     else:
@@ -265,7 +287,7 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
         names = _id2label(kw.model)
         if sorted(names) != sorted(task.keywords):
             raise ValueError(f"{kw.run_dir}: model labels {names} differ from the task's keywords {task.keywords}")
-        kw.thresholds = load_thresholds(kw.run_dir, names)
+        kw.thresholds = _load_thresholds(kw.run_dir, names)
         return System(
             run_dir=run_dir,
             kind="classifier",
@@ -286,6 +308,25 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
         positions=_positions(model),
         weight_paths=paths,
     )
+
+
+def _load_thresholds(run_dir: Path, names: list[str]) -> np.ndarray:
+    """Per-keyword thresholds in model-label order from ``thresholds.json`` (0.5 for a missing file or keyword).
+
+    Reads the format ``reviewtune.classifier.save_thresholds`` writes, without importing that module: it
+    imports ``transformers.Trainer`` (seconds of start-up in every scoring process).
+    """
+    path = run_dir / "thresholds.json"
+    if not path.is_file():
+        return np.full(len(names), 0.5)
+    data = read_json(path)
+    table = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected field 'thresholds' mapping keyword -> threshold")
+    unknown = set(table) - set(names)
+    if unknown:
+        raise ValueError(f"{path}: thresholds for unknown keywords {sorted(unknown)}")
+    return np.asarray([float(table.get(n, 0.5)) for n in names], dtype=float)
 
 
 def load_system(run_dir: str | Path, merged: bool = False) -> System:
@@ -392,11 +433,10 @@ def _classifier_outputs(system: System, texts: list[str], batch_size: int, progr
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
-    limit = min(x for x in (system.max_length, system.positions, 512) if x)  # as trained; longer is cut
     bar = tqdm(total=len(texts), desc=desc, unit="input", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok([texts[i] for i in idx], truncation=True, max_length=limit, padding=True,
+        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   return_tensors="pt")  # fmt: skip
         out = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
         logits[idx] = out

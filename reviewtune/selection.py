@@ -23,6 +23,7 @@ the pool (largest remainder), filled by the same round robin inside the group.
 from __future__ import annotations
 
 import collections
+import gzip
 import math
 import re
 from pathlib import Path
@@ -39,7 +40,7 @@ from reviewtune.highlights import (
     label_probabilities,
     target_kind,
 )
-from reviewtune.records import read_records
+from reviewtune.records import make_record, read_records
 from reviewtune.scoring import System
 
 STRATEGIES = ("keyword_uncertainty", "least_confidence", "margin", "entropy", "rare", "outliers", "proportional")
@@ -187,6 +188,16 @@ def unavailable(system: System, strategy: str, scoring: str | None = None, group
     return None
 
 
+def default_strategy(system: System, scoring: str | None = None) -> str:
+    """``keyword_uncertainty`` for the aspect classifier, ``least_confidence`` for runs with label
+    probabilities, ``rare`` for the others."""
+    try:
+        kind = target_kind(system, scoring)
+    except NotApplicable:
+        return "rare"
+    return "keyword_uncertainty" if kind == "keyword" else "least_confidence"
+
+
 def _tokenizer(system: System):
     return system.tokenizer if system.tokenizer is not None else system.components["keywords"].tokenizer
 
@@ -291,13 +302,25 @@ def group_of(record: dict, field: str) -> str:
     return MISSING_GROUP if value is None or value == "" else str(value)
 
 
+def read_pool(path: str | Path) -> list[dict]:
+    """Pool records: a records JSONL (``.jsonl``), or plain text (``.txt``, ``.txt.gz``, ...) with one review per
+    line, ids ``<file stem>-<line>`` as ``data_prep/prepare.py`` names rows without an id."""
+    path = Path(path)
+    if path.name.endswith(".jsonl"):
+        return read_records(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    stem = path.name.split(".")[0]
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [make_record(f"{stem}-{n}", line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
+
+
 def load_pool(path: str | Path, exclude: list[str | Path] = ()) -> tuple[list[dict], dict[str, int], int]:
-    """Pool records to choose from, the dropped ones by reason and the number read.
+    """Pool records to choose from (:func:`read_pool`), the dropped ones by reason and the number read.
 
     Dropped: ``empty_text``, ``duplicate_id`` (second and later copies) and ``already_labelled`` (ids in any
     ``exclude`` records file, e.g. the training records). Read = kept + sum(dropped).
     """
-    rows = read_records(path)
+    rows = read_pool(path)
     known = {str(r["id"]) for f in exclude for r in read_records(f)}
     seen: set[str] = set()
     kept, dropped = [], collections.Counter()

@@ -181,3 +181,78 @@ def test_fsdp_qlora_plugin_builds_from_the_config():
     assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
     assert plugin.cpu_offload.offload_params is False
     assert "transformer_auto_wrap_policy" in getattr(plugin.auto_wrap_policy, "__name__", str(plugin.auto_wrap_policy))
+
+
+# -------------------------------------------- quantisation settings follow the config (reviewtune.quantization)
+
+# config -> (distributed mode the SFT recipe sees, 4-bit weights sharded with the model)
+MODES = {
+    "single_gpu.yaml": ("single", False),
+    "multi_gpu.yaml": ("single", False),  # in-process world size is 1; under the launcher it is "ddp"
+    "cpu_2proc.yaml": ("single", False),
+    "deepspeed_zero2.yaml": ("deepspeed", False),
+    "deepspeed_zero3.yaml": ("zero3", True),
+    "deepspeed_zero3_qlora.yaml": ("zero3", True),
+    "fsdp_qlora.yaml": ("fsdp", True),
+}
+
+
+def qlora_model_args(**kw):
+    from trl import ModelConfig
+
+    return ModelConfig(model_name_or_path="x", load_in_4bit=True, use_peft=True, use_bnb_nested_quant=True, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(MODES))
+def test_recipe_quantisation_follows_the_config(name, tmp_path, clean_state):
+    """As on a GPU node: quant storage = model dtype and no device_map exactly where the model is sharded."""
+    import torch
+
+    from reviewtune.quantization import distributed_mode, model_loading_kwargs
+
+    mode, sharded = MODES[name]
+    _, env = launcher_env(CONFIG_DIR / name)
+    with mock.patch.dict(os.environ, env):
+        args = sft_args(tmp_path)
+        assert distributed_mode(args) == mode
+        # No GPU here: answer the recipe's "is there a bf16 GPU?" questions as an Ampere+ GPU would.
+        with (
+            mock.patch("torch.cuda.is_available", return_value=True),
+            mock.patch("torch.cuda.is_bf16_supported", return_value=True),
+        ):
+            kwargs = model_loading_kwargs(qlora_model_args(dtype="bfloat16"), args)
+    quant = kwargs["quantization_config"]
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+    assert quant.bnb_4bit_compute_dtype == torch.bfloat16
+    assert kwargs["dtype"] == torch.bfloat16
+    if sharded:
+        assert quant.bnb_4bit_quant_storage == torch.bfloat16
+        assert "device_map" not in kwargs
+    else:
+        assert quant.bnb_4bit_quant_storage == torch.uint8
+        assert kwargs["device_map"] == {"": 0}  # each process loads its own 4-bit copy onto its GPU
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero3_qlora.yaml", "deepspeed_zero3.yaml", "fsdp_qlora.yaml"])
+def test_sharded_config_refuses_quant_storage_unlike_the_model_dtype(name, tmp_path, clean_state):
+    from reviewtune.quantization import check_configuration
+
+    _, env = launcher_env(CONFIG_DIR / name)
+    with mock.patch.dict(os.environ, env):
+        args = sft_args(tmp_path)
+        with pytest.raises(ValueError) as err:
+            check_configuration(qlora_model_args(dtype="bfloat16", bnb_4bit_quant_storage="uint8"), args)
+        message = str(err.value)
+        assert "uint8" in message and "bfloat16" in message and "bnb_4bit_quant_storage" in message
+        assert len(message.splitlines()) == 1
+        assert check_configuration(qlora_model_args(dtype="bfloat16"), args) == "qlora"  # storage left to the recipe
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "multi_gpu.yaml", "single_gpu.yaml"])
+def test_unsharded_config_accepts_uint8_storage(name, tmp_path, clean_state):
+    from reviewtune.quantization import check_configuration
+
+    _, env = launcher_env(CONFIG_DIR / name)
+    with mock.patch.dict(os.environ, env):
+        args = sft_args(tmp_path)
+        assert check_configuration(qlora_model_args(dtype="bfloat16", bnb_4bit_quant_storage="uint8"), args) == "qlora"

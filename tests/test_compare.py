@@ -143,3 +143,10 @@ def test_compare_refuses_runs_of_different_tasks(tiny_runs, tiny_causal_dir, tmp
     )
     with pytest.raises(ValueError, match="trained for 'sentiment'"):
         compare.resolve_task(args)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "eval" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_compare_config_parses(config):
+    args = _load_compare().parse_args(["--config", str(config)])
+    assert args.generative_runs or args.classifier_runs or args.baselines
+    assert args.out_dir and args.batch_size >= 1

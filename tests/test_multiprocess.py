@@ -47,9 +47,8 @@ recipe_path, probe_dir, trainer_attr, *argv = sys.argv[1:]
 if os.environ.get("PROBE_NO_DS_SHM") == "1":
     # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (minutes on 2 cores) and falls back to
     # torch.distributed (gloo) when it is unavailable; take the fallback so CI does not compile C++.
-    import deepspeed.comm.torch
-
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # (``deepspeed.comm.torch`` as an attribute is the torch package; the submodule is only in sys.modules.)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 spec = importlib.util.spec_from_file_location("recipe_under_test", recipe_path)
 recipe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(recipe)
@@ -70,7 +69,8 @@ class Probe(Base):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         acc = self.accelerator
-        linear4bit = [m for m in self.model.modules() if type(m).__name__ == "Linear4bit"]
+        linear4bit = [m for m in self.model.modules()  # bitsandbytes' layers, not PEFT's wrappers of the same name
+                      if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")]
         self._probe = {
             "num_processes": acc.num_processes, "process_index": acc.process_index,
             "distributed_type": str(acc.distributed_type).split(".")[-1], "deepspeed": self.is_deepspeed_enabled,
@@ -79,6 +79,17 @@ class Probe(Base):
             "steps": [],
         }
         runs.append(self._probe)
+        if os.environ.get("PROBE_STOP_AFTER_STEP"):  # an interrupted run: stop (after saving) at this step
+            from transformers import TrainerCallback
+
+            stop_at = int(os.environ["PROBE_STOP_AFTER_STEP"])
+
+            class Interrupt(TrainerCallback):
+                def on_step_end(self, args, state, control, **kwargs):
+                    if state.global_step >= stop_at:
+                        control.should_save = control.should_training_stop = True
+
+            self.add_callback(Interrupt())
 
     def training_step(self, model, inputs, *args, **kwargs):
         if not self._probe["steps"]:  # after accelerate/DeepSpeed prepared the model
@@ -139,11 +150,20 @@ def run_one_process(probe: Path, recipe: str, trainer_attr: str, out: Path, args
         sys.argv = old
 
 
-def launch_two_processes(probe: Path, config: str, recipe: str, trainer_attr: str, out: Path, args: list[str],
-                         launch_args: tuple[str, ...] = (), env: dict | None = None) -> None:  # fmt: skip
+def launch_two_processes(
+    probe: Path,
+    config: str,
+    recipe: str,
+    trainer_attr: str,
+    out: Path,
+    args: list[str],
+    launch_args: tuple[str, ...] = (),
+    env: dict | None = None,
+    probe_name: str = "probe",
+) -> None:
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config), *launch_args,
-        str(probe), str(ROOT / "recipes" / recipe), str(out / "probe"), trainer_attr, *args,
+        str(probe), str(ROOT / "recipes" / recipe), str(out / probe_name), trainer_attr, *args,
     ]  # fmt: skip
     full_env = {
         **os.environ,
@@ -156,19 +176,25 @@ def launch_two_processes(probe: Path, config: str, recipe: str, trainer_attr: st
     }
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=TIMEOUT_S)
     log = proc.stdout + proc.stderr
-    (out / "launch.log").write_text(log, encoding="utf-8")
+    (out / f"{probe_name}_launch.log").write_text(log, encoding="utf-8")
     assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}; last lines:\n" + "\n".join(
         log.splitlines()[-40:]
     )
 
 
-def read_probe(out: Path) -> dict[int, dict]:
-    files = sorted((out / "probe").glob("rank*.json"))
+def read_probe(out: Path, probe_name: str = "probe") -> dict[int, dict]:
+    files = sorted((out / probe_name).glob("rank*.json"))
     return {json.loads(f.read_text())["rank"]: json.loads(f.read_text()) for f in files}
 
 
-def check_two_ranks(two: dict[int, dict], one: dict[int, dict], distributed_type: str) -> list[dict]:
-    """Both ranks in one group; disjoint halves of the 1-process batches; only rank 0 wrote the summary."""
+def concat_launches(first: dict, resumed: dict) -> dict:
+    """One rank's probe of an interrupted launch followed by the resumed one, as if it were one run."""
+    run = {**resumed["runs"][0], "steps": first["runs"][0]["steps"] + resumed["runs"][0]["steps"]}
+    return {**resumed, "runs": [run], "writes": first["writes"] + resumed["writes"]}
+
+
+def check_two_ranks(two: dict[int, dict], one: dict[int, dict], distributed_type: str) -> None:
+    """Both ranks in one group; different halves of the 1-process batches; only rank 0 wrote the summary."""
     assert sorted(two) == [0, 1], "expected one probe file per rank"
     ref = one[0]["runs"]
     for rank, p in two.items():
@@ -185,7 +211,6 @@ def check_two_ranks(two: dict[int, dict], one: dict[int, dict], distributed_type
             assert Counter(a) + Counter(b) == Counter(whole), f"step {step}: ranks' union is not the global batch"
     assert "write_run_summary" in two[0]["writes"]
     assert not two[1]["writes"], f"rank 1 wrote outputs: {two[1]['writes']}"
-    return ref
 
 
 def assert_same_training(one_dir: Path, two_dir: Path, weights: str) -> None:
@@ -224,16 +249,24 @@ def sft_one(probe, tiny_causal_dir, data_dir, tmp_path_factory) -> Path:
     return out
 
 
-def test_sft_qlora_ddp_two_processes_match_one(probe, sft_one, tiny_causal_dir, data_dir, tmp_path):
+def test_sft_qlora_ddp_two_processes_match_one_across_a_resume(probe, sft_one, tiny_causal_dir, data_dir, tmp_path):
+    """Interrupted after step 2 (checkpoint saved), re-launched into the same output_dir: resumes and ends
+    where the uninterrupted 1-process run ends."""
     out = tmp_path / "sft_ddp"
-    args = sft_args(tiny_causal_dir, data_dir, out, 4)
-    launch_two_processes(probe, "cpu_2proc.yaml", "sft_qlora.py", "SFTTrainer", out, args)
-    two, one = read_probe(out), read_probe(sft_one)
-    check_two_ranks(two, one, "MULTI_CPU")
+    args = [*sft_args(tiny_causal_dir, data_dir, out, 4), "--save_strategy", "steps", "--save_steps", "2"]
+    launch_two_processes(probe, "cpu_2proc.yaml", "sft_qlora.py", "SFTTrainer", out, args,
+                         env={"PROBE_STOP_AFTER_STEP": "2"}, probe_name="first")  # fmt: skip
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
+    launch_two_processes(probe, "cpu_2proc.yaml", "sft_qlora.py", "SFTTrainer", out, args, probe_name="resumed")
+    first, resumed = read_probe(out, "first"), read_probe(out, "resumed")
+    assert all(len(first[r]["runs"][0]["steps"]) == 2 == len(resumed[r]["runs"][0]["steps"]) for r in (0, 1))
+    two = {r: concat_launches(first[r], resumed[r]) for r in (0, 1)}
+    check_two_ranks(two, read_probe(sft_one), "MULTI_CPU")
     for p in two.values():  # NF4 layers on every rank, packed in uint8 (DDP keeps whole copies)
         assert p["runs"][0]["nf4_layers"] > 0 and p["runs"][0]["quant_storage"] == ["torch.uint8"]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_mode"] == "ddp" and summary["quantization"] == "nf4"
+    assert summary["resumed_from"] == str(out / "checkpoint-2") and summary["global_step"] == STEPS
     assert_same_training(sft_one, out, "adapter_model.safetensors")
 
 
