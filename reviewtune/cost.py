@@ -10,7 +10,7 @@ process never loads torch), so the memory figures compare what each system reall
 Cost keys: ``latency_p50_ms``, ``latency_p95_ms``, ``throughput_per_s``, ``batch_size``,
 ``peak_memory_bytes`` (CUDA peak allocated on a GPU, else the process's peak RSS), ``trainable_params``,
 ``total_params``, ``size_on_disk_bytes``, ``train_runtime_s`` (+ ``peak_rss_bytes``, ``memory_measure``,
-``load_s``, ``n_latency``, ``device``).
+``load_s``, ``n_latency``, ``device``, ``weights``: how the model was held, e.g. ``nf4-dequantized`` on a CPU).
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def score_and_measure(
             "size_on_disk_bytes": baseline.serialized_bytes(),
             "train_runtime_s": baseline.train_runtime_s,
             "device": "cpu",
+            "weights": "scikit-learn",
         }
     else:
         from reviewtune.run_summary import count_parameters
@@ -136,6 +137,7 @@ def score_and_measure(
             "size_on_disk_bytes": size_on_disk(system.weight_paths),
             "train_runtime_s": summary.get("train_runtime_s"),
             "device": str(next(system.models()[0].parameters()).device),
+            "weights": system.weights or str(next(system.models()[0].parameters()).dtype).removeprefix("torch."),
         }
     load_s = time.perf_counter() - start
 

@@ -60,14 +60,21 @@ class PretrainArguments:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 688
-    max_seq_length: int = field(default=128, metadata={"help": "Length of the packed training blocks (tokens)."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Length of the packed training blocks (tokens); unpacked texts are cut to it."}
+    )
+    packing: bool = field(
+        default=True, metadata={"help": "Pack texts into full blocks; else one padded sequence per text."}
+    )
     max_position_embeddings: int = field(
         default=512, metadata={"help": "Longest input the model accepts later (fine-tuning prompts)."}
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate for the roberta kind."})
     dropout: float = field(
-        default=0.1,
-        metadata={"help": "Dropout while pre-training; the saved config keeps 0.1 (roberta) / 0.0 (causal)."},
+        default=0.0,
+        metadata={
+            "help": "Dropout while pre-training (none suits short runs); saved configs get 0.1 (roberta), 0 (causal)."
+        },
     )
     # Training
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps (upper bound)."})
@@ -78,7 +85,7 @@ class PretrainArguments:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
     per_device_train_batch_size: int = 32
-    eval_blocks: int = field(default=32, metadata={"help": "Packed blocks held out to measure loss before/after."})
+    eval_blocks: int = field(default=32, metadata={"help": "Sequences held out to measure the loss before/after."})
     logging_steps: int = 5
     seed: int = 42
 
@@ -266,36 +273,41 @@ def build_model(kind: str, tokenizer, args: PretrainArguments):
 # ------------------------------------------------------------------------------------------- training
 
 
-def pack_blocks(texts: list[str], tokenizer, kind: str, block_size: int):
-    """Tokenise ``texts`` and pack them into full blocks of ``block_size`` tokens (a ``datasets.Dataset``).
+def pack_blocks(texts: list[str], tokenizer, kind: str, block_size: int, packing: bool = True):
+    """Tokenise ``texts`` into training sequences (a ``datasets.Dataset``) and count their tokens.
 
-    causal: ``<s> text </s>`` documents concatenated (Llama-style packing); roberta: texts joined by ``</s>``
-    and each block wrapped in ``<s> ... </s>`` (RoBERTa's FULL-SENTENCES). The remainder is dropped.
+    Packed: causal ``<s> text </s>`` documents concatenated into full blocks of ``block_size`` (Llama-style);
+    roberta texts joined by ``</s>`` with each block wrapped in ``<s> ... </s>`` (RoBERTa's FULL-SENTENCES);
+    the remainder is dropped. Unpacked: one sequence per text, ``<s> text </s>``, cut to ``block_size``
+    (the collator pads each batch).
     """
     from datasets import Dataset
 
-    if kind == "causal":
-        prefix, sep, suffix, body = [tokenizer.bos_token_id], [tokenizer.eos_token_id], [], block_size
-    else:
-        prefix, sep, suffix, body = [], [tokenizer.sep_token_id], [], block_size - 2
+    start = tokenizer.bos_token_id if kind == "causal" else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if kind == "causal" else tokenizer.sep_token_id
 
     def tokenize(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [prefix + x + sep + suffix for x in ids]}
+        if not packing:
+            return {"input_ids": [[start, *x[: block_size - 2], end] for x in ids]}
+        return {"input_ids": [[start, *x, end] if kind == "causal" else [*x, end] for x in ids]}
+
+    body = block_size if kind == "causal" else block_size - 2
 
     def group(batch):
         flat = [t for ids in batch["input_ids"] for t in ids]
         n = len(flat) // body * body
         blocks = [flat[i : i + body] for i in range(0, n, body)]
         if kind == "roberta":
-            blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
+            blocks = [[start, *b, end] for b in blocks]
         return {"input_ids": blocks}
 
     ds = Dataset.from_dict({"text": texts})
     ds = ds.map(tokenize, batched=True, remove_columns=["text"], desc="Tokenizing corpus")
     n_tokens = sum(len(x) for x in ds["input_ids"])
-    # Large groups keep the dropped remainder small (one partial block per group).
-    ds = ds.map(group, batched=True, batch_size=10_000, desc=f"Packing into blocks of {block_size}")
+    if packing:
+        # Large groups keep the dropped remainder small (one partial block per group).
+        ds = ds.map(group, batched=True, batch_size=10_000, desc=f"Packing into blocks of {block_size}")
     return ds, n_tokens
 
 
@@ -372,11 +384,11 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         texts, args.kind, args.vocab_size, base_tokenizer=args.tokenizer_name_or_path, min_frequency=args.min_frequency
     )
     tokenizer.model_max_length = args.max_position_embeddings
-    if tokenizer.pad_token is None:  # an adapted tokenizer may have none; packed blocks never pad anyway
+    if tokenizer.pad_token is None:  # an adapted tokenizer may have none
         tokenizer.pad_token = tokenizer.eos_token
     if args.kind == "roberta" and tokenizer.mask_token is None:
         raise ValueError(f"tokenizer {args.tokenizer_name_or_path} has no mask token; masked-LM needs one")
-    blocks, n_tokens = pack_blocks(texts, tokenizer, args.kind, args.max_seq_length)
+    blocks, n_tokens = pack_blocks(texts, tokenizer, args.kind, args.max_seq_length, args.packing)
     n_eval = min(args.eval_blocks, len(blocks) // 10)
     if len(blocks) - n_eval < 1:
         raise ValueError(
@@ -391,7 +403,8 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%s model: %.2fM parameters, vocab %d", args.kind, n_params / 1e6, len(tokenizer))
 
-    # Trainer
+    # Trainer (unpacked batches are padded on the right: positions then start at 0 for every text)
+    saved_padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
     collator = DataCollatorForLanguageModeling(
         tokenizer, mlm=args.kind == "roberta", mlm_probability=args.mlm_probability, seed=args.seed
     )
@@ -442,6 +455,7 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.1
     else:
         model.config.attention_dropout = 0.0
+    tokenizer.padding_side = saved_padding_side
     trainer.save_model(str(output_dir))  # model (safetensors) + tokenizer
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in pretrain_log.json
     if args.kind == "causal":

@@ -48,6 +48,7 @@ class System:
     max_length: int | None = None  # longest input (tokens) the run trained on
     positions: int | None = None  # longest sequence the model can take at all
     weight_paths: list[Path] = field(default_factory=list)  # every file a deployment needs (size on disk)
+    weights: str | None = None  # how the weights are held for scoring: nf4, nf4-dequantized, float32, ...
 
     @property
     def scoring_modes(self) -> tuple[str, ...]:
@@ -176,7 +177,7 @@ def _base_dir(run_dir: Path, summary: dict, kind: str) -> Path:
     )
 
 
-def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool) -> System:
+def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool, dequantize_nf4: bool | None) -> System:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = _device()
@@ -187,17 +188,29 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool)
         model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=_compute_dtype()).to(device)
         weight_paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
+        weights = f"merged ({str(model.dtype).removeprefix('torch.')})"
     elif (run_dir / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         base = _base_dir(run_dir, summary, "causal")
         if summary.get("quantization") == "nf4":
-            # Scored the way it was trained: NF4 4-bit base + the LoRA adapter.
+            # Scored the way it was trained: the base quantised to NF4 (same config) + the LoRA adapter.
             base_model = AutoModelForCausalLM.from_pretrained(
                 base, quantization_config=_nf4_config(summary), dtype=_compute_dtype(), device_map={"": _device_index()}
             )
+            if dequantize_nf4 is None:
+                dequantize_nf4 = device.type == "cpu"
+            if dequantize_nf4:
+                # bitsandbytes' CPU path de-quantises every NF4 weight on every matmul (~10x the cost of the
+                # matmul for small models); de-quantising once gives the same weights, dequant(W_nf4), and the
+                # same logits, at fp32 speed and fp32 memory.
+                base_model = base_model.dequantize()
+                weights = "nf4-dequantized"
+            else:
+                weights = "nf4"
         else:
             base_model = AutoModelForCausalLM.from_pretrained(base, dtype=_compute_dtype()).to(device)
+            weights = str(base_model.dtype).removeprefix("torch.")
         model = PeftModel.from_pretrained(base_model, run_dir)
         weight_paths = _weight_files(run_dir) + _weight_files(Path(base))
         tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
@@ -205,6 +218,7 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool)
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=_compute_dtype()).to(device)
         weight_paths = _weight_files(run_dir)
         tokenizer_dir = run_dir
+        weights = str(model.dtype).removeprefix("torch.")
     else:
         raise FileNotFoundError(f"{run_dir}: neither {ADAPTER_CONFIG}, config.json nor merged/ found")
     model.eval()
@@ -219,6 +233,7 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool)
         max_length=_trained_length(summary),
         positions=_positions(model),
         weight_paths=weight_paths,
+        weights=weights,
     )
 
 
@@ -329,12 +344,14 @@ def _load_thresholds(run_dir: Path, names: list[str]) -> np.ndarray:
     return np.asarray([float(table.get(n, 0.5)) for n in names], dtype=float)
 
 
-def load_system(run_dir: str | Path, merged: bool = False) -> System:
+def load_system(run_dir: str | Path, merged: bool = False, dequantize_nf4: bool | None = None) -> System:
     """Load a run directory written by ``recipes/sft_qlora.py`` or ``recipes/classify_roberta.py``.
 
-    Generative runs load the base the way it was trained (NF4 4-bit when ``quantization == "nf4"``)
-    plus the PEFT adapter, or ``merged/`` with ``merged=True``; classifiers load one model, or the
-    ``keywords`` + ``keyword_sentiment`` pair named by ``components`` for aspects.
+    Generative runs load the base the way it was trained (quantised to NF4 when ``quantization == "nf4"``)
+    plus the PEFT adapter, or ``merged/`` with ``merged=True``. ``dequantize_nf4`` (default: on the CPU
+    only) then replaces the 4-bit layers by their de-quantised weights: identical outputs, without
+    bitsandbytes' per-call de-quantisation on the CPU. Classifiers load one model, or the ``keywords`` +
+    ``keyword_sentiment`` pair named by ``components`` for aspects.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -344,7 +361,7 @@ def load_system(run_dir: str | Path, merged: bool = False) -> System:
     if summary["task"] != task.name:
         raise ValueError(f"{run_dir}: run_summary.json says task {summary['task']!r}, task_spec.json {task.name!r}")
     if summary["kind"] == "generative":
-        return _load_generative(run_dir, summary, task, merged)
+        return _load_generative(run_dir, summary, task, merged, dequantize_nf4)
     return _load_classifier(run_dir, summary, task)
 
 

@@ -152,10 +152,18 @@ def test_generative_run_both_scoring_modes(gen_run):
 
     system = load_system(gen_run)
     assert system.kind == "generative" and system.scoring_modes == ("generate", "loglik")
-    # Loaded as trained: NF4 4-bit base layers under the LoRA adapter.
-    four_bit = [m for m in system.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert four_bit and all(m.weight.quant_type == "nf4" for m in four_bit)
     assert any("lora_A" in n for n, _ in system.model.named_parameters())
+    # Loaded as trained: NF4 4-bit base layers under the LoRA adapter; on the CPU de-quantised once by
+    # default, which must give the very same function as bitsandbytes' 4-bit layers.
+    assert system.weights == "nf4-dequantized" and not any(
+        isinstance(m, bnb.nn.Linear4bit) for m in system.model.modules()
+    )
+    four_bit = load_system(gen_run, dequantize_nf4=False)
+    layers = [m for m in four_bit.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit.weights == "nf4" and layers and all(m.weight.quant_type == "nf4" for m in layers)
+    ids = four_bit.tokenizer(build_prompt(TEXTS[0], four_bit.task), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        np.testing.assert_allclose(four_bit.model(ids).logits, system.model(ids).logits, atol=1e-4)
     records = test_records()
 
     generated = predict(system, records, scoring="generate", batch_size=4, progress=False)
