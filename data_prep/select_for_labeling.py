@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out}: {len(rows)} chosen ({', '.join(f'{s} {n}' for s, n in by_strategy.items())}); report {report_path}")
     for r in rows[:5]:
         sel = r["selection"]
-        print(
-            f"  {sel['rank']:>3}. [{sel['strategy']} {sel['scores'][sel['strategy']]:.3f}] {r['id']}: {r['text'][:70]}"
-        )
+        group = f", {args.group_by} {sel['group']}" if groups else ""
+        score = sel["scores"][sel["strategy"]]
+        print(f"  {sel['rank']:>3}. [{sel['strategy']} {score:.3f}{group}] {r['id']}: {r['text'][:70]}")
     return 0
 
 

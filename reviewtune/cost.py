@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reviewtune.run_summary import peak_rss_bytes
 
 COST_KEYS = (
     "latency_p50_ms", "latency_p95_ms", "throughput_per_s", "batch_size", "peak_memory_bytes",
@@ -46,24 +47,6 @@ class SystemSpec:
     run_dir: str | None = None
     baseline: Any = None  # a fitted ``reviewtune.baselines.Baseline`` (pickled into the child process)
     merged: bool = False  # generative runs: score ``merged/`` instead of base + adapter
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process's own memory image.
-
-    Linux: ``VmHWM`` from ``/proc/self/status``. ``getrusage``'s ``ru_maxrss`` would be wrong here: the
-    kernel carries the high-water mark across ``exec``, so a child forked from a large parent (pytest,
-    a notebook) reports the parent's peak. Elsewhere ``ru_maxrss`` (bytes on macOS).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def _peak_memory() -> tuple[int, str]:

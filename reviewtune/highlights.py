@@ -142,7 +142,7 @@ def encoder_outputs(
     bar = tqdm(total=len(texts), desc="Encoding", unit="input", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_length, padding=True,
+        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   return_tensors="pt").to(device)  # fmt: skip
         out = model(**enc, output_hidden_states=hidden)
         batch_logits = out.logits.float().cpu().numpy()

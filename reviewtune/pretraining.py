@@ -85,7 +85,9 @@ class PretrainArguments:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
     per_device_train_batch_size: int = 32
-    eval_blocks: int = field(default=32, metadata={"help": "Sequences held out to measure the loss before/after."})
+    eval_blocks: int = field(
+        default=32, metadata={"help": "Held out to measure the loss before/after: this many blocks' worth of tokens."}
+    )
     logging_steps: int = 5
     seed: int = 42
 
@@ -389,7 +391,9 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
     if args.kind == "roberta" and tokenizer.mask_token is None:
         raise ValueError(f"tokenizer {args.tokenizer_name_or_path} has no mask token; masked-LM needs one")
     blocks, n_tokens = pack_blocks(texts, tokenizer, args.kind, args.max_seq_length, args.packing)
-    n_eval = min(args.eval_blocks, len(blocks) // 10)
+    # Hold out about eval_blocks * max_seq_length tokens (at most a tenth of the data).
+    per_sequence = args.max_seq_length if args.packing else max(1, n_tokens // max(1, len(blocks)))
+    n_eval = min(args.eval_blocks * args.max_seq_length // per_sequence, len(blocks) // 10)
     if len(blocks) - n_eval < 1:
         raise ValueError(
             f"{args.corpus_file}: {n_tokens} tokens make {len(blocks)} blocks of {args.max_seq_length}; "
@@ -427,6 +431,8 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         bf16=use_cuda and torch.cuda.is_bf16_supported(),
         seed=args.seed,
         data_seed=args.seed,
+        # Unpacked texts of similar length share a batch: less padding to compute.
+        train_sampling_strategy="random" if args.packing else "group_by_length",
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
@@ -481,8 +487,8 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         "corpus": corpus_counts,
         "texts_used": len(texts),
         "tokens": n_tokens,
-        "train_blocks": len(train_ds),
-        "eval_blocks": n_eval,
+        "train_sequences": len(train_ds),
+        "eval_sequences": n_eval,
         "vocab_size": len(tokenizer),
         "num_parameters": n_params,
         "device": "cuda" if use_cuda else "cpu",

@@ -20,6 +20,24 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process's own memory image.
+
+    Linux: ``VmHWM`` from ``/proc/self/status``. ``getrusage``'s ``ru_maxrss`` would be wrong here: the
+    kernel carries the high-water mark across ``exec``, so a child forked from a large parent (pytest,
+    a notebook) reports the parent's peak. Elsewhere ``ru_maxrss`` (bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
 def peak_memory_bytes() -> int:
     """CUDA max allocated on GPU, else the process's peak resident set size."""
     try:
@@ -29,8 +47,7 @@ def peak_memory_bytes() -> int:
             return int(torch.cuda.max_memory_allocated())
     except ImportError:
         pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
+    return peak_rss_bytes()
 
 
 def count_parameters(model) -> tuple[int, int]:

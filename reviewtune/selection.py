@@ -239,7 +239,7 @@ def sentence_embeddings(system: System, texts: list[str], batch_size: int = 32, 
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         # Right padding: positions then match an unpadded pass, and masked positions are left out of the mean.
-        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_length, padding=True,
+        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   padding_side="right", return_tensors="pt").to(device)  # fmt: skip
         hidden = model(**enc, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].float()
         mask = enc["attention_mask"].unsqueeze(-1).float()

@@ -107,6 +107,32 @@ def test_roberta_tokenizer_round_trips_korean_with_roberta_specials(tiny_roberta
     assert pair.count(tok.sep_token_id) == 3  # <s> A </s></s> B </s>
 
 
+@pytest.mark.parametrize("kind", ["causal", "roberta"])
+def test_pack_blocks_packed_and_unpacked(kind, tiny_causal_dir, tiny_roberta_dir):
+    from reviewtune.pretraining import pack_blocks
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir if kind == "causal" else tiny_roberta_dir)
+    start, end = (tok.bos_token_id, tok.eos_token_id) if kind == "causal" else (tok.cls_token_id, tok.sep_token_id)
+    texts = [KOREAN[0], KOREAN[1], "가격 " * 40] * 5
+    n_ids = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    # Unpacked: one <s> text </s> per text, cut to the block size.
+    ds, n_tokens = pack_blocks(texts, tok, kind, 16, packing=False)
+    assert len(ds) == len(texts)
+    assert [len(x) for x in ds["input_ids"]] == [min(n, 14) + 2 for n in n_ids]
+    assert all(x[0] == start and x[-1] == end for x in ds["input_ids"])
+    # Packed: full blocks only, every text's tokens in order.
+    ds, n_tokens = pack_blocks(texts, tok, kind, 16)
+    assert n_tokens == sum(n_ids) + len(texts) * (2 if kind == "causal" else 1)
+    assert all(len(x) == 16 for x in ds["input_ids"]) and len(ds) == n_tokens // (16 if kind == "causal" else 14)
+    body = [x[1:-1] for x in ds["input_ids"]] if kind == "roberta" else ds["input_ids"]
+    if kind == "roberta":
+        assert all(x[0] == start and x[-1] == end for x in ds["input_ids"])
+    docs = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    stream = [t for d in docs for t in ([start, *d, end] if kind == "causal" else [*d, end])]
+    flat = [t for b in body for t in b]
+    assert flat == stream[: len(flat)]
+
+
 def test_train_new_from_iterator_adapts_an_existing_tokenizer(tiny_causal_dir):
     base = AutoTokenizer.from_pretrained(tiny_causal_dir)
     texts = ["완전 새로운 단어 뽀송뽀송 뽀송뽀송 뽀송뽀송"] * 50
