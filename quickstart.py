@@ -59,7 +59,8 @@ def main() -> None:
     print(f"=== base models ready in {timings['base_models']:.0f} s", flush=True)
 
     run("sft_qlora", [*launch, "recipes/sft_qlora.py", "--output_dir", str(out / "sft_qlora")], timings)
-    run("classify_roberta", [*launch, "recipes/classify_roberta.py", "--output_dir", str(out / "classify_roberta")], timings)
+    classify = [*launch, "recipes/classify_roberta.py", "--output_dir", str(out / "classify_roberta")]
+    run("classify_roberta", classify, timings)
     run(
         "compare",
         [

@@ -82,6 +82,17 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "classify_roberta_default.yaml"
 RECIPE = "classify_roberta"
+# Per-model fields repeated in the aspect system's top-level run_summary.json.
+COMPONENT_KEYS = (
+    "train_examples",
+    "eval_examples",
+    "trainable_params",
+    "train_runtime_s",
+    "final_train_loss",
+    "final_eval_loss",
+    "metrics",
+    "pipeline_model",
+)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -121,8 +132,21 @@ def summary_config(data_args, clf_args, training_args, model_args) -> dict:
     }
 
 
-def train_head(head: Head, task, records: dict, *, files: dict, data_report: dict, model_path: str,
-               base_hash: str | None, method: str, data_args, clf_args, training_args, model_args) -> dict:
+def train_head(
+    head: Head,
+    task,
+    records: dict,
+    *,
+    files: dict,
+    data_report: dict,
+    model_path: str,
+    base_hash: str | None,
+    method: str,
+    data_args,
+    clf_args,
+    training_args,
+    model_args,
+) -> dict:
     """Train, save and evaluate one model into its directory; returns its run summary."""
     single = task.name != "aspects"
     output_dir = Path(training_args.output_dir) if single else Path(training_args.output_dir) / head.name
@@ -155,6 +179,7 @@ def train_head(head: Head, task, records: dict, *, files: dict, data_report: dic
         tokenizer.pad_token = tokenizer.eos_token
 
     # Model: a fresh head with the label names in the config (id2label), LoRA SEQ_CLS with the head in full
+    set_seed(training_args.seed)  # each model starts from the same seed, whatever was trained before it
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path,
         num_labels=head.num_labels,
@@ -171,8 +196,8 @@ def train_head(head: Head, task, records: dict, *, files: dict, data_report: dic
     if method == "lora":
         model = get_peft_model(model, lora_config(model_args))
     trainable_params, total_params = count_parameters(model)
-    logger.info("%s: trainable params %d / total %d (%.2f%%)", head.name, trainable_params, total_params,
-                100 * trainable_params / total_params)  # fmt: skip
+    share = 100 * trainable_params / total_params
+    logger.info("%s: trainable params %d / total %d (%.2f%%)", head.name, trainable_params, total_params, share)
 
     # Data: examples per head, class weights from the training labels, tokenised without padding
     examples = {split: build_examples(recs, task, head) for split, recs in records.items()}
@@ -210,6 +235,7 @@ def train_head(head: Head, task, records: dict, *, files: dict, data_report: dic
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = train_result.metrics["train_runtime"]
     epochs = trainer.state.epoch or 0.0
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
@@ -269,30 +295,29 @@ def train_head(head: Head, task, records: dict, *, files: dict, data_report: dic
         "train_runtime_s": runtime,
         "train_tokens_per_s": n_train_tokens * epochs / runtime if runtime and epochs else None,
         "peak_memory_bytes": peak_memory_bytes(),
-        "final_train_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h),
-                                 train_result.training_loss),  # fmt: skip
+        "final_train_loss": losses[-1][1] if losses else train_result.training_loss,
         "final_eval_loss": eval_loss,
         "config": {**summary_config(data_args, clf_args, training_args, model_args), "max_length": max_length},
         "provenance": provenance(seed=training_args.seed, data_files=files, base_model_hash=base_hash),
         # Beyond the common keys
         "metrics": {split: headline(m) for split, m in report.items()},
         "pipeline_model": pipeline_model,
-        "best_metric": {"name": metric, "value": trainer.state.best_metric,
-                        "checkpoint": trainer.state.best_model_checkpoint},  # fmt: skip
+        "best_metric": {"name": metric, "value": trainer.state.best_metric},
+        "best_checkpoint": trainer.state.best_model_checkpoint,
         "class_weights": weights,
         "max_length": max_length,
         "global_step": trainer.state.global_step,
         "resumed_from": resume_from,
-        "train_loss_history": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+        "train_loss_history": losses,
         "records": data_report,
         "examples": {split: len(ex) for split, ex in examples.items()},
         "shortened": {split: n for split, (_, n, _) in tokenized.items()},
     }
     if trainer.is_world_process_zero():
         if thresholds is not None:
+            by_keyword = dict(zip(head.label_names, thresholds, strict=True))
             for directory in [output_dir] + ([output_dir / "merged"] if method == "lora" else []):
-                save_thresholds(directory, dict(zip(head.label_names, thresholds, strict=True)),
-                                tuned=clf_args.tune_thresholds, tuned_on="validation")  # fmt: skip
+                save_thresholds(directory, by_keyword, tuned=clf_args.tune_thresholds, tuned_on="validation")
         atomic_write_json(output_dir / "classification_report.json", {"component": head.name, **report})
         write_run_summary(output_dir, summary)
     logger.info("%s: %s", head.name, {split: headline(m) for split, m in report.items()})
@@ -320,7 +345,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Data: records per split, unusable ones dropped and counted; a seeded validation slice if none is given
     task = get_task(
-        data_args.task, instruction=data_args.instruction, label_names=data_args.task_label_names, keywords=data_args.keywords
+        data_args.task,
+        instruction=data_args.instruction,
+        label_names=data_args.task_label_names,
+        keywords=data_args.keywords,
     )
     with training_args.main_process_first(desc="embedded default data"):
         embedded = data_args.train_file is None
@@ -353,18 +381,26 @@ def main(argv: list[str] | None = None) -> dict:
         base_hash = dir_sha256(model_path) if Path(model_path).is_dir() else None
 
     # Train each head (one, or keywords + keyword_sentiment for aspects)
+    args = dict(data_args=data_args, clf_args=clf_args, training_args=training_args, model_args=model_args)
     components = {
-        head.name: train_head(head, task, records, files=files, data_report=data_report, model_path=model_path,
-                              base_hash=base_hash, method=method, data_args=data_args, clf_args=clf_args,
-                              training_args=training_args, model_args=model_args)
+        head.name: train_head(
+            head,
+            task,
+            records,
+            files=files,
+            data_report=data_report,
+            model_path=model_path,
+            base_hash=base_hash,
+            method=method,
+            **args,
+        )
         for head in heads_for_task(task)
-    }  # fmt: skip
+    }
     out = Path(training_args.output_dir)
     if task.name != "aspects":
         summary = components[task.name]
     elif training_args.process_index == 0:
-        summary = aspect_system_summary(out, task, components, records, data_args, clf_args, training_args,
-                                        model_args)  # fmt: skip
+        summary = aspect_system_summary(out, task, components, records, **args)
     else:
         return {}
 
@@ -403,20 +439,14 @@ def aspect_system_summary(out: Path, task, components, records, data_args, clf_a
         "peak_memory_bytes": peak_memory_bytes(),
         "final_train_loss": None,  # two models: see components_summary
         "final_eval_loss": None,
-        "config": {**summary_config(data_args, clf_args, training_args, model_args),
-                   "max_length": first["max_length"]},  # fmt: skip
+        "config": {**summary_config(data_args, clf_args, training_args, model_args), "max_length": first["max_length"]},
         "provenance": first["provenance"],
-        "components_summary": {
-            name: {k: c[k] for k in ("train_examples", "eval_examples", "trainable_params", "train_runtime_s",
-                                     "final_train_loss", "final_eval_loss", "metrics", "pipeline_model")}
-            for name, c in components.items()
-        },  # fmt: skip
+        "components_summary": {name: {k: c[k] for k in COMPONENT_KEYS} for name, c in components.items()},
         "records": first["records"],
     }
-    tokens_per_s = [c["train_tokens_per_s"] * c["train_runtime_s"] for c in components.values()
-                    if c["train_tokens_per_s"]]  # fmt: skip
-    if tokens_per_s and common["train_runtime_s"]:
-        common["train_tokens_per_s"] = sum(tokens_per_s) / common["train_runtime_s"]
+    tokens = [c["train_tokens_per_s"] * c["train_runtime_s"] for c in components.values() if c["train_tokens_per_s"]]
+    if tokens and common["train_runtime_s"]:
+        common["train_tokens_per_s"] = sum(tokens) / common["train_runtime_s"]
     task.save(out)
     write_run_summary(out, {**common, "metrics": {}})  # the harness's loader reads it below
 
@@ -430,10 +460,8 @@ def aspect_system_summary(out: Path, task, components, records, data_args, clf_a
             report[split] = task_metrics(task, records[split], preds, n_resamples=0)
     tokenizer = system.components["keywords"].tokenizer
     save_token_frequencies(out, (r["text"] for r in records["train"]), tokenizer)
-    atomic_write_json(out / "classification_report.json", {
-        "system": report,
-        "note": "keyword thresholds were tuned on validation, so validation scores are optimistic; test is not",
-    })  # fmt: skip
+    note = "keyword thresholds were tuned on validation, so validation scores are optimistic; test is not"
+    atomic_write_json(out / "classification_report.json", {"system": report, "note": note})
     summary = {**common, "metrics": {split: headline(m) for split, m in report.items()}}
     write_run_summary(out, summary)
     return summary

@@ -51,6 +51,7 @@ from reviewtune.quantization import (
     load_causal_lm,
     load_trained_for_generation,
     merge_adapter,
+    outside_zero3,
 )
 from reviewtune.run_summary import count_parameters, peak_memory_bytes, save_token_frequencies, write_run_summary
 from reviewtune.sft_data import (
@@ -207,13 +208,17 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("packing check with %s: per-example losses match unpacked (max diff %.2e)", attn, diff)
 
     # Trainer
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and peft_config.modules_to_save:
+        # Fully trained modules (e.g. embed_tokens for a small base) stay tied to the output embeddings.
+        peft_config.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if len(eval_dataset) else None,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config,
     )
     adapters_follow_compute_dtype(trainer.model, training_args)
     trainable_params, total_params = count_parameters(trainer.model)
@@ -252,12 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
         if not is_sharded(mode):
             after = sample_predictions(trainer.model, tokenizer, sample_prompts, task, script_args)
         else:  # sharded parameters cannot generate as they are: rank 0 reloads the run on one device
-            reloaded = load_trained_for_generation(training_args.output_dir, model_path, model_args, training_args)
-            after = sample_predictions(reloaded, tokenizer, sample_prompts, task, script_args)
-            if method != "full":
-                with reloaded.disable_adapter():
-                    before = sample_predictions(reloaded, tokenizer, sample_prompts, task, script_args)
-            del reloaded
+            with outside_zero3():
+                reloaded = load_trained_for_generation(training_args.output_dir, model_path, model_args, training_args)
+                after = sample_predictions(reloaded, tokenizer, sample_prompts, task, script_args)
+                if method != "full":
+                    with reloaded.disable_adapter():
+                        before = sample_predictions(reloaded, tokenizer, sample_prompts, task, script_args)
+                del reloaded
 
     summary = {}
     if trainer.is_world_process_zero():
@@ -334,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     if script_args.merge:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            merged_dir = merge_adapter(training_args.output_dir, model_path, model_args, training_args, tokenizer)
+            with outside_zero3():
+                merged_dir = merge_adapter(training_args.output_dir, model_path, model_args, training_args, tokenizer)
             logger.info("merged model written to %s", merged_dir)
 
     if trainer.is_world_process_zero():

@@ -82,7 +82,9 @@ class ClassifierArguments:
 
     def __post_init__(self) -> None:
         if self.class_weights not in CLASS_WEIGHT_MODES:
-            raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weights!r}")
+            raise ValueError(
+                f"class_weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weights!r}"
+            )
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if self.max_class_weight < 1:
@@ -346,8 +348,8 @@ def head_metrics(head: Head, logits: np.ndarray, labels: np.ndarray, thresholds:
         return regression_metrics(np.asarray(labels, dtype=float).tolist(), probs.tolist())
     if head.problem_type == MULTI_LABEL:
         t = np.full(head.num_labels, DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
-        return multilabel_metrics(np.asarray(labels).round().astype(int), (probs >= t[None, :]).astype(int),
-                                  list(head.label_names))  # fmt: skip
+        y_pred = (probs >= t[None, :]).astype(int)
+        return multilabel_metrics(np.asarray(labels).round().astype(int), y_pred, list(head.label_names))
     return classification_metrics(
         np.asarray(labels, dtype=int).tolist(), probs.argmax(axis=-1).tolist(), list(head.label_names), probs.tolist()
     )
@@ -399,19 +401,17 @@ def tune_thresholds(
             out[keyword] = DEFAULT_THRESHOLD
             continue
         scores = [f1_score(labels[:, j], probs[:, j] >= t, zero_division=0) for t in grid]
-        best = max(scores)
-        out[keyword] = float(min((t for t, s in zip(grid, scores, strict=True) if s == best),
-                                 key=lambda t: abs(t - DEFAULT_THRESHOLD)))  # fmt: skip
+        best = [t for t, s in zip(grid, scores, strict=True) if s == max(scores)]
+        out[keyword] = float(min(best, key=lambda t: abs(t - DEFAULT_THRESHOLD)))
     return out
 
 
 def save_thresholds(directory: str | Path, thresholds: dict[str, float], tuned: bool, **extra) -> Path:
     """``thresholds.json``: ``{"thresholds": {keyword: threshold}, "tuned": bool, "rule": ..., ...}``."""
+    rule = "keyword detected when sigmoid(logit) >= threshold"
     return atomic_write_json(
-        Path(directory) / THRESHOLDS_FILE,
-        {"thresholds": thresholds, "tuned": tuned, "rule": "keyword detected when sigmoid(logit) >= threshold",
-         **extra},
-    )  # fmt: skip
+        Path(directory) / THRESHOLDS_FILE, {"thresholds": thresholds, "tuned": tuned, "rule": rule, **extra}
+    )
 
 
 def load_thresholds(directory: str | Path, keywords: list[str]) -> np.ndarray:

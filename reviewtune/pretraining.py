@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reviewtune.atomic import atomic_write_bytes, atomic_write_json
+from reviewtune.provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def plot_loss(log_history: list[dict], path: str | os.PathLike, title: str) -> P
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*evals, strict=True), "o--", label="held-out loss")
+        ax.plot(*zip(*evals, strict=True), "o", label="held-out loss (before, after)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -362,8 +363,8 @@ def plot_loss(log_history: list[dict], path: str | os.PathLike, title: str) -> P
 def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str, Any]:
     """Train a tokenizer and pre-train a model on ``args.corpus_file``; save both to ``output_dir``.
 
-    Writes a standard model directory (safetensors + tokenizer), ``pretrain_log.json`` (log history and
-    summary) and ``pretrain_loss.png``. Returns the summary: steps, minutes, first/last training loss and
+    Writes a standard model directory (safetensors + tokenizer), ``pretrain_log.json`` (summary, log history
+    and provenance) and ``pretrain_loss.png``. Returns the summary: steps, minutes, first/last training loss and
     held-out loss before/after.
     """
     import torch
@@ -495,7 +496,12 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         "torch_threads": torch.get_num_threads(),
         "config": args.to_dict(),
     }
-    atomic_write_json(output_dir / "pretrain_log.json", {"summary": summary, "log_history": history})
+    log = {
+        "summary": summary,
+        "log_history": history,
+        "provenance": provenance(seed=args.seed, data_files={"corpus": args.corpus_file}),
+    }
+    atomic_write_json(output_dir / "pretrain_log.json", log)
     plot_loss(history, output_dir / "pretrain_loss.png", f"{args.kind} pre-training ({n_params / 1e6:.1f}M params)")
     logger.info(
         "pre-trained %s in %.2f min (%d steps): train loss %.3f -> %.3f, held-out %s -> %s",

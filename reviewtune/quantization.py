@@ -9,6 +9,7 @@ one clear message. The merge of an adapter into de-quantised NF4 weights lives h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -250,3 +251,21 @@ def merge_adapter(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+@contextlib.contextmanager
+def outside_zero3():
+    """Load and run a model on one process while a ZeRO-3 run is active.
+
+    transformers partitions every model built while a ZeRO-3 config is registered, and ``generate`` then waits
+    for the other ranks at every token; rank 0 reloading the trained run alone (sample predictions, ``--merge``)
+    would hang or crash. Unregister the config for the block and restore it afterwards.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref

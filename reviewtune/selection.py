@@ -207,20 +207,22 @@ def rare_tokens(system: System, texts: list[str], max_count: int = 2) -> tuple[n
     holding the rare tokens (for the person labelling)."""
     tok = _tokenizer(system)
     freqs = read_json(system.run_dir / "token_freqs.json")
-    shares, words = np.zeros(len(texts)), []
-    for i, text in enumerate(texts):
+    tokens, words = [], []
+    for text in texts:
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=bool(tok.is_fast))
         toks = tok.convert_ids_to_tokens(enc["input_ids"])
-        rare = [t == tok.unk_token or freqs.get(t, 0) <= max_count for t in toks]
-        shares[i] = sum(rare) / len(toks) if toks else 0.0
+        tokens.append(toks)
         spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
         found: list[str] = []
-        for (a, b), r in zip(enc.get("offset_mapping") or [], rare, strict=False):
+        for (a, b), t in zip(enc.get("offset_mapping") or [], toks, strict=False):
+            if t != tok.unk_token and freqs.get(t, 0) > max_count:
+                continue
             # The whitespace word holding the token's characters (byte-level tokens may hold part of one).
             word = next((text[s:e] for s, e in spans if s <= a < e or s < b <= e), None)
-            if r and word and word not in found:
+            if word and word not in found:
                 found.append(word)
         words.append(found)
+    shares = rare_share(tokens, freqs, max_count, tok.unk_token)
     return shares, words
 
 

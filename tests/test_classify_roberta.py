@@ -84,7 +84,8 @@ def run_recipe(tmp_path, tiny_roberta_dir, task: str, method: str, *extra: str, 
         "--task", task, "--train_file", files["train"], "--validation_file", files["validation"],
         "--test_file", files["test"], "--model_name_or_path", str(tiny_roberta_dir), "--output_dir", str(out),
         "--max_length", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
-        "--max_steps", str(STEPS), "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--logging_steps", "1", "--eval_steps", str(STEPS // 2),
+        "--max_steps", str(STEPS), "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--logging_steps", "1",
+        "--eval_steps", str(STEPS // 2),
         "--save_steps", str(STEPS // 2), "--seed", "0", "--dataloader_pin_memory", "false", "--disable_tqdm", "true",
         "--num_sample_predictions", "2",
     ]  # fmt: skip
@@ -235,7 +236,8 @@ def test_lora_trains_only_adapters_and_head(tiny_roberta_dir):
 def test_configs_parse_and_unknown_keys_fail(tmp_path):
     recipe = load_recipe()
     assert {p.name for p in CONFIGS} >= {
-        "classify_roberta_default.yaml", "classify_klue_roberta_base_nsmc.yaml", "classify_klue_roberta_large_nsmc.yaml",
+        "classify_roberta_default.yaml", "classify_klue_roberta_base_nsmc.yaml",
+        "classify_klue_roberta_large_nsmc.yaml",
         "classify_klue_roberta_base_aspects.yaml", "classify_nsmc_sentiment_cpu.yaml",
     }  # fmt: skip
     for path in CONFIGS:

@@ -54,6 +54,7 @@ def test_tiny_pretraining_loss_falls_and_loads_with_auto_classes(
     assert s["final_eval_loss"] < s["initial_eval_loss"] - 0.5
     assert s["last_loss"] < s["first_loss"] - 0.5
     assert [h["step"] for h in log["log_history"] if "eval_loss" in h] == [0, s["steps"]]
+    assert log["provenance"]["versions"]["transformers"] and log["provenance"]["data_files"]["corpus"]["sha256"]
     assert (model_dir / "pretrain_loss.png").stat().st_size > 1000
     assert (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("*.bin"))
