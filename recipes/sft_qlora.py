@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    parser = TrlParser((DataArguments, SFTScriptArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((DataArguments, SFTScriptArguments, SFTConfig, ModelConfig), allow_abbrev=False)
     # Hardware-dependent defaults (a config or the command line still overrides them): trl defaults to
     # bf16, which TrainingArguments rejects on a machine without a bf16-capable GPU.
     on_gpu = torch.cuda.is_available()

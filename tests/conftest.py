@@ -12,6 +12,7 @@ import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads: no spinning threads on a busy CPU
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

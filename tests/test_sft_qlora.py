@@ -77,7 +77,9 @@ def _argv(model_dir, data_dir, output_dir, *extra) -> list[str]:
 @pytest.fixture(scope="module")
 def qlora_run(recipe, tiny_causal_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("qlora_run")
-    summary = recipe.main(_argv(tiny_causal_dir, data_dir, out, "--merge", "true"))
+    # As the embedded default: LoRA plus fully trained (tied) input/output embeddings.
+    argv = _argv(tiny_causal_dir, data_dir, out, "--merge", "true", "--lora_modules_to_save", "embed_tokens")
+    summary = recipe.main(argv)
     return out, summary
 
 
@@ -103,6 +105,9 @@ def test_qlora_run_writes_the_contract_and_loss_falls(qlora_run):
     assert preds["n"] == 4 and all(p["before"] is not None and p["after"] is not None for p in preds["predictions"])
     model = AutoPeftModelForCausalLM.from_pretrained(out)  # the adapter loads onto its recorded base
     assert model.peft_config["default"].r == 8
+    # The trained embedding copy is saved with the adapter and stays tied to the output layer after reloading.
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert on_disk["trainable_params"] > model.get_input_embeddings().weight.numel()
 
 
 def test_qlora_layers_are_nf4_and_only_lora_trains(tiny_causal_dir, data_dir, tmp_path):
@@ -271,7 +276,9 @@ def test_every_config_parses_and_unknown_keys_fail(recipe, tmp_path):
     bad.write_text("task: aspects\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*learning_rat"):
         recipe.parse_args(["--config", str(bad)])
-    with pytest.raises(ValueError, match="learning_rat"):
+    with pytest.raises(ValueError, match="no_such_option"):
+        recipe.parse_args(["--no_such_option", "0.1"])
+    with pytest.raises(ValueError, match="learning_rat"):  # no prefix matching: --learning_rat is no --learning_rate
         recipe.parse_args(["--learning_rat", "0.1"])
 
 
