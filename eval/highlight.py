@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from reviewtune.highlights import NotApplicable, occlude, peek_system, target_kind
+from reviewtune.highlights import MIN_DROP, NotApplicable, occlude, peek_system, target_kind
 from reviewtune.scoring import load_system
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         drop = sum(h.scores[h.span[0] : h.span[1]])
         print(f"decisive span: {h.span_text!r} (words {h.span[0]}-{h.span[1] - 1}, summed drop {drop:+.3f})")
     else:
-        print("decisive span: none (hiding any single word does not lower the probability)")
+        print(f"decisive span: none (hiding any one word lowers the probability by less than {MIN_DROP})")
     print("word scores: " + ", ".join(f"{w} {s:+.3f}" for w, s in zip(h.words, h.scores, strict=True)))
     return 0
 

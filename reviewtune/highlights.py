@@ -32,6 +32,7 @@ from reviewtune.tasks import TaskSpec
 
 CAUSAL_REPLACEMENT = "_"
 SPAN_FRACTION = 0.5  # words scoring at least this share of the top word join the decisive span (as report.py marks)
+MIN_DROP = 0.01  # a top drop smaller than this (one percentage point) marks no word as decisive
 
 
 class NotApplicable(ValueError):
@@ -55,10 +56,11 @@ class Highlight:
         return " ".join(self.words[self.span[0] : self.span[1]]) if self.span else ""
 
     def marked(self, left: str = "[", right: str = "]") -> str:
-        """The review with decisive words wrapped: every word scoring >= half the top score (as ``report.py``)."""
+        """The review with decisive words wrapped: every word scoring >= half the top score (as ``report.py``),
+        none when the top score is under :data:`MIN_DROP`."""
         top = max(self.scores, default=0.0)
         return " ".join(
-            f"{left}{w}{right}" if top > 0 and s >= SPAN_FRACTION * top else w
+            f"{left}{w}{right}" if top >= MIN_DROP and s >= SPAN_FRACTION * top else w
             for w, s in zip(self.words, self.scores, strict=True)
         )
 
@@ -198,10 +200,12 @@ def occluded_variants(words: list[str], replacement: str) -> list[str]:
     return out
 
 
-def decisive_span(scores: list[float], fraction: float = SPAN_FRACTION) -> tuple[int, int] | None:
+def decisive_span(
+    scores: list[float], fraction: float = SPAN_FRACTION, min_drop: float = MIN_DROP
+) -> tuple[int, int] | None:
     """``[start, end)`` of the contiguous words around the top-scoring word that each score at least
-    ``fraction`` of it; ``None`` when no word's removal lowers the probability."""
-    if not scores or max(scores) <= 0:
+    ``fraction`` of it; ``None`` when no word's removal lowers the probability by ``min_drop`` or more."""
+    if not scores or max(scores) < min_drop or max(scores) <= 0:
         return None
     best = int(np.argmax(scores))
     cut = fraction * scores[best]

@@ -117,6 +117,7 @@ def test_occluded_variants_and_span():
     assert decisive_span([0.0, 0.3, 0.5, 0.1, 0.4]) == (1, 3)  # around the top word, neighbours >= half of it
     assert decisive_span([0.5, 0.0, 0.45]) == (0, 1)  # contiguous only
     assert decisive_span([-0.1, 0.0]) is None
+    assert decisive_span([0.004, 0.001]) is None  # under MIN_DROP: no word decides
     assert decisive_span([]) is None
 
 
