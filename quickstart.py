@@ -23,6 +23,7 @@ from pathlib import Path
 from reviewtune.atomic import atomic_write_json
 from reviewtune.base_models import ensure_base_model
 from reviewtune.defaults import default_data_dir
+from reviewtune.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
 
@@ -71,7 +72,7 @@ def main() -> None:
         timings,
     )  # fmt: skip
     timings["total"] = round(time.perf_counter() - total, 1)
-    atomic_write_json(out / "timings.json", timings)
+    atomic_write_json(out / "timings.json", {"seconds": timings, "provenance": provenance()})
     print("\n=== main job done in {:.0f} s: {}".format(timings["total"], timings))
     print(f"Report: {out / 'report' / 'report.md'} (also report.html, report.json)")
 

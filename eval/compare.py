@@ -214,6 +214,39 @@ def system_specs(args: CompareArguments, task: TaskSpec, train_records: list[dic
     return specs
 
 
+def highlight_disagreements(
+    task: TaskSpec, records: list[dict], specs: list, predictions_by_system: dict[str, list[dict]], first: list[str]
+) -> tuple[list[dict], int]:
+    """The report's disagreement examples, with occlusion highlights (``reviewtune.highlights``) from every
+    system that has probabilities to occlude: classifiers, and generative runs scored by ``loglik``. Each
+    highlight explains the system's own prediction (its label, or for the aspect classifier its most
+    probable keyword). Baselines and ``generate`` scoring have none and are left out, not failed."""
+    from reviewtune.highlights import NotApplicable, highlight_scores, peek_system, target_kind
+    from reviewtune.report import disagreement_examples
+    from reviewtune.scoring import load_system
+
+    examples, total = disagreement_examples(task, records, predictions_by_system, first=first)
+    texts = [ex["text"] for ex in examples]
+    loaded: dict[tuple[str, bool], object] = {}  # a run scored two ways is loaded once
+    for spec in specs:
+        if not texts or spec.run_dir is None:
+            continue
+        try:
+            target_kind(peek_system(spec.run_dir), spec.scoring if spec.kind == "generative" else None)
+        except NotApplicable as e:
+            logger.info("no highlights for %s: %s", spec.name, e)
+            continue
+        key = (spec.run_dir, spec.merged)
+        if key not in loaded:
+            loaded[key] = load_system(spec.run_dir, merged=spec.merged)
+        scoring = spec.scoring if spec.kind == "generative" else None
+        start = time.perf_counter()
+        for ex, scores in zip(examples, highlight_scores(loaded[key], texts, scoring=scoring), strict=True):
+            ex["highlights"] = {**(ex["highlights"] or {}), spec.name: scores}
+        logger.info("highlights for %s: %d examples in %.1f s", spec.name, len(texts), time.perf_counter() - start)
+    return examples, total
+
+
 def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._#-]+", "_", name).strip("_") or "system"
 
@@ -276,8 +309,12 @@ def main(argv: list[str] | None = None) -> Path:
         "test_records_dropped": dropped,
         "systems": systems,
         "config": {k: v for k, v in vars(args).items()},
-        "wall_time_s": round(time.perf_counter() - wall, 1),
     }
+    models = [spec.name for spec in specs if spec.kind != "baseline"]
+    report["disagreements"], report["n_disagreements"] = highlight_disagreements(
+        task, records, specs, predictions_by_system, first=models
+    )
+    report["wall_time_s"] = round(time.perf_counter() - wall, 1)
     paths = write_report(out, report, records, predictions_by_system)
     print(f"\nReport: {paths['md']} (also {paths['html'].name}, {paths['json'].name}) in {report['wall_time_s']:.0f} s")
     return paths["md"]

@@ -41,6 +41,7 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
+    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -54,14 +55,12 @@ from reviewtune.classifier import (
     MULTI_LABEL,
     ClassifierArguments,
     Head,
-    WeightedLossTrainer,
     build_examples,
     class_weights,
     greater_is_better,
     head_metrics,
     headline,
     heads_for_task,
-    label_matrix,
     load_records,
     lora_config,
     make_compute_metrics,
@@ -71,11 +70,18 @@ from reviewtune.classifier import (
     split_validation,
     tokenize_examples,
     tune_thresholds,
+    weighted_loss,
 )
 from reviewtune.configs import DataArguments
 from reviewtune.metrics import task_metrics
 from reviewtune.provenance import dir_sha256, provenance
-from reviewtune.run_summary import count_parameters, peak_memory_bytes, save_token_frequencies, write_run_summary
+from reviewtune.run_summary import (
+    already_complete,
+    count_parameters,
+    peak_memory_bytes,
+    save_token_frequencies,
+    write_run_summary,
+)
 from reviewtune.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -93,6 +99,28 @@ COMPONENT_KEYS = (
     "metrics",
     "pipeline_model",
 )
+
+
+class WeightedLossTrainer(Trainer):
+    """``Trainer`` whose loss carries class weights (the models' built-in losses take none).
+
+    The loss is the mean over the batch, so the Trainer divides it by the gradient-accumulation steps.
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, problem_type: str, class_weights: list[float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.problem_type = problem_type
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weights = self.class_weights.to(outputs.logits.device) if self.class_weights is not None else None
+        loss = weighted_loss(outputs.logits, labels, self.problem_type, weights)
+        return (loss, outputs) if return_outputs else loss
 
 
 def parse_args(argv: list[str] | None = None):
@@ -233,6 +261,9 @@ def train_head(
 
     # Train (the best checkpoint is loaded at the end when load_best_model_at_end)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if finished := already_complete(output_dir, resume_from, trainer.state.global_step):
+        logger.warning("%s was already complete: no step left to train, run_summary.json kept", resume_from)
+        return finished
     runtime = train_result.metrics["train_runtime"]
     epochs = trainer.state.epoch or 0.0
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
@@ -263,7 +294,9 @@ def train_head(
         if split in tokenized
     }
     eval_loss = predictions["validation"].metrics.get("validation_loss")
-    gold = {split: label_matrix(ex, head) for split, ex in examples.items()}
+    # Gold labels come with the predictions: with train_sampling_strategy group_by_length the Trainer also
+    # orders evaluation batches by length, so predictions are not in dataset order.
+    gold = {split: p.label_ids for split, p in predictions.items()}
     thresholds = None
     report = {}
     if head.problem_type == MULTI_LABEL:
@@ -318,7 +351,10 @@ def train_head(
             by_keyword = dict(zip(head.label_names, thresholds, strict=True))
             for directory in [output_dir] + ([output_dir / "merged"] if method == "lora" else []):
                 save_thresholds(directory, by_keyword, tuned=clf_args.tune_thresholds, tuned_on="validation")
-        atomic_write_json(output_dir / "classification_report.json", {"component": head.name, **report})
+        atomic_write_json(
+            output_dir / "classification_report.json",
+            {"component": head.name, **report, "provenance": summary["provenance"]},
+        )
         write_run_summary(output_dir, summary)
     logger.info("%s: %s", head.name, {split: headline(m) for split, m in report.items()})
     return summary
@@ -461,7 +497,9 @@ def aspect_system_summary(out: Path, task, components, records, data_args, clf_a
     tokenizer = system.components["keywords"].tokenizer
     save_token_frequencies(out, (r["text"] for r in records["train"]), tokenizer)
     note = "keyword thresholds were tuned on validation, so validation scores are optimistic; test is not"
-    atomic_write_json(out / "classification_report.json", {"system": report, "note": note})
+    atomic_write_json(
+        out / "classification_report.json", {"system": report, "note": note, "provenance": common["provenance"]}
+    )
     summary = {**common, "metrics": {split: headline(m) for split, m in report.items()}}
     write_run_summary(out, summary)
     return summary

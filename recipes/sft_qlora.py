@@ -53,7 +53,13 @@ from reviewtune.quantization import (
     merge_adapter,
     outside_zero3,
 )
-from reviewtune.run_summary import count_parameters, peak_memory_bytes, save_token_frequencies, write_run_summary
+from reviewtune.run_summary import (
+    already_complete,
+    count_parameters,
+    peak_memory_bytes,
+    save_token_frequencies,
+    write_run_summary,
+)
 from reviewtune.sft_data import (
     SFTScriptArguments,
     instruction_dataset,
@@ -232,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Train
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if finished := already_complete(training_args.output_dir, resume_from, trainer.state.global_step):
+        logger.warning("%s was already complete: no step left to train, run_summary.json kept", resume_from)
+        return finished
     peak_memory = peak_memory_bytes()
     tokens_seen = getattr(trainer, "_total_train_tokens", 0)  # trl's count of non-padding tokens, all processes
     runtime = train_result.metrics["train_runtime"]
@@ -283,6 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
             for i, r in enumerate(samples)
             for b, a in [((before or [None] * len(samples))[i], (after or [None] * len(samples))[i])]
         ]
+        prov = provenance(
+            seed=training_args.seed,
+            data_files={"train": train_file, "validation": validation_file, "test": test_file},
+            base_model_hash=base_hash,
+        )
         atomic_write_json(
             out / "sample_predictions.json",
             {
@@ -292,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "valid_after": sum(bool(p["after_valid"]) for p in predictions) if after else None,
                 "correct_after": sum(bool(p["after_correct"]) for p in predictions) if after else None,
                 "predictions": predictions,
+                "provenance": prov,
             },
         )
         summary = {
@@ -318,11 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
                 **dataclasses.asdict(model_args),
                 **training_args.to_dict(),
             },
-            "provenance": provenance(
-                seed=training_args.seed,
-                data_files={"train": train_file, "validation": validation_file, "test": test_file},
-                base_model_hash=base_hash,
-            ),
+            "provenance": prov,
             # Beyond the common keys
             "distributed_mode": mode,
             "world_size": training_args.world_size,

@@ -16,19 +16,22 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, TaskType
-from transformers import EvalPrediction, Trainer
 
 from reviewtune.atomic import atomic_write_json, read_json
 from reviewtune.metrics import classification_metrics, multilabel_metrics, regression_metrics
 from reviewtune.prompts import keyword_input
+from reviewtune.provenance import provenance
 from reviewtune.records import drop_reason, read_records, sort_aspects
 from reviewtune.tasks import TaskSpec
+
+if TYPE_CHECKING:  # both imports cost seconds (they pull in peft), paid by every scoring process
+    from peft import LoraConfig
+    from transformers import EvalPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +258,8 @@ def lora_config(model_args) -> LoraConfig:
     Target modules default to RoBERTa's attention ``query``/``value``; ``all-linear`` adapts every linear
     layer except the head.
     """
+    from peft import LoraConfig, TaskType
+
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=model_args.lora_r,
@@ -300,28 +305,6 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str,
     if problem_type == MULTI_LABEL:
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights)
     return F.cross_entropy(logits.float(), labels.long(), weight=weights)
-
-
-class WeightedLossTrainer(Trainer):
-    """``Trainer`` whose loss carries class weights (the models' built-in losses take none).
-
-    The loss is the mean over the batch, so the Trainer divides it by the gradient-accumulation steps.
-    """
-
-    loss_is_scaled_for_ga = False
-
-    def __init__(self, *args, problem_type: str, class_weights: list[float] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.problem_type = problem_type
-        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        weights = self.class_weights.to(outputs.logits.device) if self.class_weights is not None else None
-        loss = weighted_loss(outputs.logits, labels, self.problem_type, weights)
-        return (loss, outputs) if return_outputs else loss
 
 
 # ------------------------------------------------------------------------------------- predictions, metrics
@@ -410,7 +393,8 @@ def save_thresholds(directory: str | Path, thresholds: dict[str, float], tuned: 
     """``thresholds.json``: ``{"thresholds": {keyword: threshold}, "tuned": bool, "rule": ..., ...}``."""
     rule = "keyword detected when sigmoid(logit) >= threshold"
     return atomic_write_json(
-        Path(directory) / THRESHOLDS_FILE, {"thresholds": thresholds, "tuned": tuned, "rule": rule, **extra}
+        Path(directory) / THRESHOLDS_FILE,
+        {"thresholds": thresholds, "tuned": tuned, "rule": rule, **extra, "provenance": provenance()},
     )
 
 
@@ -419,7 +403,10 @@ def load_thresholds(directory: str | Path, keywords: list[str]) -> np.ndarray:
     path = Path(directory) / THRESHOLDS_FILE
     if not path.is_file():
         return np.full(len(keywords), DEFAULT_THRESHOLD)
-    data = read_json(path)["thresholds"]
+    data = read_json(path)
+    data = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected field 'thresholds' mapping keyword -> threshold")
     unknown = set(data) - set(keywords)
     if unknown:
         raise ValueError(f"{path}: thresholds for unknown keywords {sorted(unknown)}")

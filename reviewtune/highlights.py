@@ -27,12 +27,11 @@ import torch
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
+from reviewtune.report import MIN_DROP, SPAN_FRACTION
 from reviewtune.scoring import LOGLIK_TASKS, System, predict
 from reviewtune.tasks import TaskSpec
 
 CAUSAL_REPLACEMENT = "_"
-SPAN_FRACTION = 0.5  # words scoring at least this share of the top word join the decisive span (as report.py marks)
-MIN_DROP = 0.01  # a top drop smaller than this (one percentage point) marks no word as decisive
 
 
 class NotApplicable(ValueError):

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainingArgum
 from trl import ModelConfig
 
 from reviewtune.atomic import atomic_write_json
+from reviewtune.provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,12 @@ def merge_adapter(
             tokenizer.save_pretrained(tmp)
         atomic_write_json(
             tmp / "merge_info.json",
-            {"method": method, "dtype": str(dtype).removeprefix("torch."), "base_model": str(base_model_path)},
+            {
+                "method": method,
+                "dtype": str(dtype).removeprefix("torch."),
+                "base_model": str(base_model_path),
+                "provenance": provenance(),
+            },
         )
         if out.exists():
             shutil.rmtree(out)

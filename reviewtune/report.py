@@ -50,6 +50,10 @@ PAIRWISE_KEYS = ("system_a", "system_b", "correct_when", "n", "accuracy_a", "acc
                  "p_value", "method", "significant")  # fmt: skip
 SUBSAMPLE_KEYS = ("n", "seed", "total")
 DISAGREEMENT_KEYS = ("id", "text", "gold", "predictions", "correct", "highlights")
+# Which highlighted words are marked (here and in ``reviewtune.highlights``): those scoring at least this share
+# of the top word's score, and none when the top score (a drop in probability) is under MIN_DROP.
+SPAN_FRACTION = 0.5
+MIN_DROP = 0.01
 # Metric keys every system's ``metrics`` must have, per task (what the tables and plots read).
 REQUIRED_METRICS = {
     "sentiment": ("n", "accuracy", "macro_f1", "invalid_rate", "per_class", "confusion_matrix"),
@@ -755,14 +759,15 @@ def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str
 
 def highlight_html(text: str, scores: Sequence[float] | None) -> str:
     """The review with its decisive words marked: ``scores`` holds one value per whitespace-separated word;
-    words with a positive score of at least half the largest are wrapped in ``<mark>`` (stronger = darker)."""
+    words scoring at least ``SPAN_FRACTION`` of the largest score are wrapped in ``<mark>`` (stronger = darker);
+    none when the largest is under ``MIN_DROP``."""
     words = text.split()
     if not scores or len(scores) != len(words):
         return html.escape(text)
     top = max(scores)
     out = []
     for word, score in zip(words, scores, strict=True):
-        if top > 0 and score >= 0.5 * top:
+        if top >= MIN_DROP and score >= SPAN_FRACTION * top:
             out.append(f'<mark style="--w:{0.3 + 0.7 * score / top:.2f}">{html.escape(word)}</mark>')
         else:
             out.append(html.escape(word))

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reviewtune.atomic import atomic_write_json
+from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.provenance import provenance
 
 SCHEMA_VERSION = 1
 SUMMARY_KEYS = (
@@ -72,7 +73,8 @@ def token_frequencies(texts: Iterable[str], tokenizer) -> dict[str, int]:
 
 
 def save_token_frequencies(output_dir: str | Path, texts: Iterable[str], tokenizer) -> Path:
-    return atomic_write_json(Path(output_dir) / "token_freqs.json", token_frequencies(texts, tokenizer))
+    counts = token_frequencies(texts, tokenizer)
+    return atomic_write_json(Path(output_dir) / "token_freqs.json", {"counts": counts, "provenance": provenance()})
 
 
 def write_run_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:
@@ -82,3 +84,14 @@ def write_run_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"run_summary is missing keys: {', '.join(missing)}")
     return atomic_write_json(Path(output_dir) / "run_summary.json", summary)
+
+
+def already_complete(output_dir: str | Path, resume_from: str | None, global_step: int) -> dict[str, Any] | None:
+    """The kept ``run_summary.json`` when a re-launch resumed from ``resume_from`` and trained no new step
+    (the run was complete), else ``None``: rewriting it would record a near-zero runtime."""
+    if not resume_from:
+        return None
+    state, summary = Path(resume_from) / "trainer_state.json", Path(output_dir) / "run_summary.json"
+    if state.is_file() and summary.is_file() and read_json(state).get("global_step") == global_step:
+        return read_json(summary)
+    return None

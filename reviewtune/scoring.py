@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
+from reviewtune.classifier import load_thresholds
 from reviewtune.generation import generate_answers, label_loglik, loglik_probs
 from reviewtune.prompts import build_prompt, keyword_input, parse_answer
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
@@ -302,7 +303,7 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
         names = _id2label(kw.model)
         if sorted(names) != sorted(task.keywords):
             raise ValueError(f"{kw.run_dir}: model labels {names} differ from the task's keywords {task.keywords}")
-        kw.thresholds = _load_thresholds(kw.run_dir, names)
+        kw.thresholds = load_thresholds(kw.run_dir, names)
         return System(
             run_dir=run_dir,
             kind="classifier",
@@ -323,25 +324,6 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
         positions=_positions(model),
         weight_paths=paths,
     )
-
-
-def _load_thresholds(run_dir: Path, names: list[str]) -> np.ndarray:
-    """Per-keyword thresholds in model-label order from ``thresholds.json`` (0.5 for a missing file or keyword).
-
-    Reads the format ``reviewtune.classifier.save_thresholds`` writes, without importing that module: it
-    imports ``transformers.Trainer`` (seconds of start-up in every scoring process).
-    """
-    path = run_dir / "thresholds.json"
-    if not path.is_file():
-        return np.full(len(names), 0.5)
-    data = read_json(path)
-    table = data.get("thresholds") if isinstance(data, dict) else None
-    if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected field 'thresholds' mapping keyword -> threshold")
-    unknown = set(table) - set(names)
-    if unknown:
-        raise ValueError(f"{path}: thresholds for unknown keywords {sorted(unknown)}")
-    return np.asarray([float(table.get(n, 0.5)) for n in names], dtype=float)
 
 
 def load_system(run_dir: str | Path, merged: bool = False, dequantize_nf4: bool | None = None) -> System:

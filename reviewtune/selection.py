@@ -206,7 +206,7 @@ def rare_tokens(system: System, texts: list[str], max_count: int = 2) -> tuple[n
     """:func:`rare_share` of each text under the run's tokenizer and ``token_freqs.json``, and the words
     holding the rare tokens (for the person labelling)."""
     tok = _tokenizer(system)
-    freqs = read_json(system.run_dir / "token_freqs.json")
+    freqs = read_json(system.run_dir / "token_freqs.json")["counts"]
     tokens, words = [], []
     for text in texts:
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=bool(tok.is_fast))

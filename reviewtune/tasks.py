@@ -63,7 +63,9 @@ class TaskSpec:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def save(self, directory: str | Path) -> Path:
-        return atomic_write_json(Path(directory) / "task_spec.json", self.to_dict())
+        from reviewtune.provenance import provenance
+
+        return atomic_write_json(Path(directory) / "task_spec.json", {**self.to_dict(), "provenance": provenance()})
 
     @classmethod
     def load(cls, directory: str | Path) -> TaskSpec:

@@ -129,6 +129,13 @@ def test_compare_end_to_end(tiny_runs, tmp_path):
     assert by_name["baseline/majority"]["cost"]["peak_memory_bytes"] < gen_cost["peak_memory_bytes"]
     assert "head-to-head" in md.read_text(encoding="utf-8").lower()
 
+    # Disagreements carry occlusion highlights from the systems with probabilities (loglik, classifier),
+    # one score per word of the review; baselines and generate scoring have none.
+    assert report["n_disagreements"] >= len(report["disagreements"]) > 0
+    for ex in report["disagreements"]:
+        assert set(ex["highlights"]) == {"sft_tiny/loglik", "roberta_tiny"}
+        assert all(len(scores) == len(ex["text"].split()) for scores in ex["highlights"].values())
+
 
 def test_compare_refuses_runs_of_different_tasks(tiny_runs, tiny_causal_dir, tmp_path):
     compare = _load_compare()

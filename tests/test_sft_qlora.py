@@ -199,6 +199,11 @@ def test_resume_after_interruption_continues_from_the_saved_step(recipe, tiny_ca
         atol=1e-4,
     )
 
+    # Launched once more, the complete run has no step left: its summary is kept, not rewritten.
+    written = (out / "run_summary.json").read_bytes()
+    assert recipe.main(_argv(tiny_causal_dir, data_dir, out, *extra)) == json.loads(written)
+    assert (out / "run_summary.json").read_bytes() == written
+
 
 def test_merge_matches_nf4_plus_adapter(qlora_run, tiny_causal_dir, data_dir):
     out, _ = qlora_run
