@@ -319,7 +319,7 @@ def classifier_args(model_dir: Path, data_dir: Path, out: Path, per_device: int)
         *("--max_steps", str(STEPS), "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no"),
         *("--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--class_weights", "none"),
         *("--train_sampling_strategy", "random", "--max_length", "64", "--learning_rate", "5e-3"),
-        *("--warmup_steps", "0", "--seed", "0", "--lora_dropout", "0", "--use_cpu", "true"),
+        *("--warmup_steps", "0", "--seed", "0", "--use_peft", "true", "--lora_dropout", "0", "--use_cpu", "true"),
         *("--per_device_eval_batch_size", "16", "--num_sample_predictions", "2"),
     ]
 
