@@ -231,15 +231,15 @@ def highlight_disagreements(
     for spec in specs:
         if not texts or spec.run_dir is None:
             continue
+        scoring = spec.scoring if spec.kind == "generative" else None
         try:
-            target_kind(peek_system(spec.run_dir), spec.scoring if spec.kind == "generative" else None)
+            target_kind(peek_system(spec.run_dir), scoring)
         except NotApplicable as e:
             logger.info("no highlights for %s: %s", spec.name, e)
             continue
         key = (spec.run_dir, spec.merged)
         if key not in loaded:
             loaded[key] = load_system(spec.run_dir, merged=spec.merged)
-        scoring = spec.scoring if spec.kind == "generative" else None
         start = time.perf_counter()
         for ex, scores in zip(examples, highlight_scores(loaded[key], texts, scoring=scoring), strict=True):
             ex["highlights"] = {**(ex["highlights"] or {}), spec.name: scores}

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
-from reviewtune.report import MIN_DROP, SPAN_FRACTION
+from reviewtune.report import MIN_DROP, SPAN_FRACTION, marked_words
 from reviewtune.scoring import LOGLIK_TASKS, System, predict
 from reviewtune.tasks import TaskSpec
 
@@ -55,12 +55,9 @@ class Highlight:
         return " ".join(self.words[self.span[0] : self.span[1]]) if self.span else ""
 
     def marked(self, left: str = "[", right: str = "]") -> str:
-        """The review with decisive words wrapped: every word scoring >= half the top score (as ``report.py``),
-        none when the top score is under :data:`MIN_DROP`."""
-        top = max(self.scores, default=0.0)
+        """The review with the words ``report.marked_words`` picks wrapped (the rule of ``report.html``)."""
         return " ".join(
-            f"{left}{w}{right}" if top >= MIN_DROP and s >= SPAN_FRACTION * top else w
-            for w, s in zip(self.words, self.scores, strict=True)
+            f"{left}{w}{right}" if m else w for w, m in zip(self.words, marked_words(self.scores), strict=True)
         )
 
     def to_dict(self) -> dict:

@@ -757,17 +757,23 @@ def _html_table(header: list[str], rows: list[list[str]], classes: list[list[str
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def marked_words(scores: Sequence[float]) -> list[bool]:
+    """Which words a highlight marks: those scoring at least ``SPAN_FRACTION`` of the top score, none when the
+    top score is under ``MIN_DROP`` (the rule of both ``report.html`` and ``eval/highlight.py``)."""
+    top = max(scores, default=0.0)
+    return [top >= MIN_DROP and s >= SPAN_FRACTION * top for s in scores]
+
+
 def highlight_html(text: str, scores: Sequence[float] | None) -> str:
     """The review with its decisive words marked: ``scores`` holds one value per whitespace-separated word;
-    words scoring at least ``SPAN_FRACTION`` of the largest score are wrapped in ``<mark>`` (stronger = darker);
-    none when the largest is under ``MIN_DROP``."""
+    the words :func:`marked_words` picks are wrapped in ``<mark>`` (stronger = darker)."""
     words = text.split()
     if not scores or len(scores) != len(words):
         return html.escape(text)
     top = max(scores)
     out = []
-    for word, score in zip(words, scores, strict=True):
-        if top >= MIN_DROP and score >= SPAN_FRACTION * top:
+    for word, score, marked in zip(words, scores, marked_words(scores), strict=True):
+        if marked:
             out.append(f'<mark style="--w:{0.3 + 0.7 * score / top:.2f}">{html.escape(word)}</mark>')
         else:
             out.append(html.escape(word))

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.provenance import provenance
 
 TASKS = ("sentiment", "sentiment5", "aspects", "regression")
 TEMPLATE = "###입력: {review}\n###명령어: {instruction}\n###출력:"
@@ -63,8 +64,6 @@ class TaskSpec:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def save(self, directory: str | Path) -> Path:
-        from reviewtune.provenance import provenance
-
         return atomic_write_json(Path(directory) / "task_spec.json", {**self.to_dict(), "provenance": provenance()})
 
     @classmethod
