@@ -239,7 +239,11 @@ def highlight_disagreements(
             continue
         key = (spec.run_dir, spec.merged)
         if key not in loaded:
-            loaded[key] = load_system(spec.run_dir, merged=spec.merged)
+            try:
+                loaded[key] = load_system(spec.run_dir, merged=spec.merged)
+            except Exception as e:  # scored in its own process, but not loadable here: no highlights, no crash
+                logger.warning("no highlights for %s: %s: %s", spec.name, type(e).__name__, e)
+                continue
         start = time.perf_counter()
         for ex, scores in zip(examples, highlight_scores(loaded[key], texts, scoring=scoring), strict=True):
             ex["highlights"] = {**(ex["highlights"] or {}), spec.name: scores}
@@ -275,12 +279,19 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Systems: score each (in its own process) and measure its cost
     specs = system_specs(args, task, train_records)
-    predictions_by_system, systems = {}, []
+    predictions_by_system, systems, failed = {}, [], []
     score = score_isolated if args.isolate else score_and_measure
     for i, spec in enumerate(specs, 1):
         logger.info("[%d/%d] scoring %s (%s, %s)", i, len(specs), spec.name, spec.kind, spec.scoring)
         start = time.perf_counter()
-        predictions, cost = score(spec, records, args.batch_size, args.latency_sample)
+        try:
+            predictions, cost = score(spec, records, args.batch_size, args.latency_sample)
+        except Exception as e:  # one system that cannot be loaded or scored must not sink the others' report
+            error = f"{type(e).__name__}: {e}"
+            logger.error("[%d/%d] %s could not be scored: %s", i, len(specs), spec.name, error)
+            failed.append({"name": spec.name, "kind": spec.kind, "scoring": spec.scoring, "run_dir": spec.run_dir,
+                           "error": error})  # fmt: skip
+            continue
         metrics = task_metrics(task, records, predictions, n_resamples=args.n_resamples, seed=args.subsample_seed)
         logger.info("[%d/%d] %s done in %.1f s: %s = %s, invalid %.1f%%", i, len(specs), spec.name,
                     time.perf_counter() - start, metrics["primary_metric"], metrics.get(metrics["primary_metric"]),
@@ -298,6 +309,9 @@ def main(argv: list[str] | None = None) -> Path:
         )
 
     # Report
+    if not systems:
+        raise RuntimeError(f"no system could be scored: {'; '.join(f['name'] + ': ' + f['error'] for f in failed)}")
+    specs = [spec for spec in specs if spec.name in predictions_by_system]
     out = Path(args.out_dir)
     for name, predictions in predictions_by_system.items():
         atomic_write_jsonl(out / "predictions" / f"{_file_name(name)}.jsonl", predictions)
@@ -308,6 +322,7 @@ def main(argv: list[str] | None = None) -> Path:
         "subsample": subsample,
         "test_records_dropped": dropped,
         "systems": systems,
+        "failed_systems": failed,
         "config": {k: v for k, v in vars(args).items()},
     }
     models = [spec.name for spec in specs if spec.kind != "baseline"]
@@ -317,6 +332,8 @@ def main(argv: list[str] | None = None) -> Path:
     report["wall_time_s"] = round(time.perf_counter() - wall, 1)
     paths = write_report(out, report, records, predictions_by_system)
     print(f"\nReport: {paths['md']} (also {paths['html'].name}, {paths['json'].name}) in {report['wall_time_s']:.0f} s")
+    for f in failed:
+        print(f"Not scored: {f['name']}: {f['error']}")
     return paths["md"]
 
 

@@ -74,7 +74,8 @@ from reviewtune.classifier import (
 )
 from reviewtune.configs import DataArguments
 from reviewtune.metrics import task_metrics
-from reviewtune.provenance import dir_sha256, provenance
+from reviewtune.provenance import model_hash, provenance
+from reviewtune.rng import EvaluationKeepsRng
 from reviewtune.run_summary import (
     already_complete,
     count_parameters,
@@ -140,11 +141,9 @@ def parse_args(argv: list[str] | None = None):
 
 
 def check_model_args(model_args: ModelConfig) -> str:
-    """The training method (``lora`` or ``full``); quantised or remote-code models are refused."""
+    """The training method (``lora`` or ``full``); quantised models are refused."""
     if model_args.load_in_4bit or model_args.load_in_8bit:
         raise ValueError("classify_roberta trains 16/32-bit models: set load_in_4bit and load_in_8bit to false")
-    if getattr(model_args, "trust_remote_code", False):
-        raise ValueError("trust_remote_code is not supported: use a model whose architecture transformers ships")
     if model_args.use_peft and model_args.lora_task_type not in ("SEQ_CLS", "CAUSAL_LM"):  # CAUSAL_LM: trl's default
         raise ValueError(f"lora_task_type must be SEQ_CLS for a classifier, got {model_args.lora_task_type!r}")
     return "lora" if model_args.use_peft else "full"
@@ -201,6 +200,7 @@ def train_head(
     tokenizer = AutoTokenizer.from_pretrained(
         model_path,
         revision=model_args.model_revision,
+        trust_remote_code=clf_args.trust_remote_code,
         truncation_side="left" if head.name == "keyword_sentiment" else "right",  # saved with the tokenizer
     )
     if tokenizer.pad_token is None:
@@ -215,6 +215,7 @@ def train_head(
         label2id=head.label2id,
         problem_type=head.problem_type,
         revision=model_args.model_revision,
+        trust_remote_code=clf_args.trust_remote_code,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
     )
@@ -243,7 +244,7 @@ def train_head(
     eval_dataset = tokenized["validation"][0]
 
     # Trainer: weighted loss, dynamic padding, length-grouped batches (config), early stopping on the metric
-    callbacks = []
+    callbacks = [EvaluationKeepsRng()]
     if clf_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(clf_args.early_stopping_patience, clf_args.early_stopping_threshold))
     trainer = WeightedLossTrainer(
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
         model_path = str(model_path)
     else:
         model_path = model_args.model_name_or_path
-        base_hash = dir_sha256(model_path) if Path(model_path).is_dir() else None
+        base_hash = model_hash(model_path, model_args.model_revision)
 
     # Train each head (one, or keywords + keyword_sentiment for aspects)
     args = dict(data_args=data_args, clf_args=clf_args, training_args=training_args, model_args=model_args)

@@ -23,7 +23,6 @@ its last checkpoint; ``--resume_from_checkpoint DIR`` names one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import sys
@@ -32,7 +31,6 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
@@ -41,9 +39,7 @@ from reviewtune import defaults
 from reviewtune.atomic import atomic_write_json
 from reviewtune.configs import DataArguments
 from reviewtune.generation import generate_answers
-from reviewtune.prompts import format_answer, parse_answer, to_instruction
-from reviewtune.provenance import dir_sha256, file_sha256, provenance
-from reviewtune.quantization import (
+from reviewtune.model_loading import (
     adapters_follow_compute_dtype,
     check_configuration,
     distributed_mode,
@@ -53,6 +49,9 @@ from reviewtune.quantization import (
     merge_adapter,
     outside_zero3,
 )
+from reviewtune.prompts import format_answer, parse_answer, to_instruction
+from reviewtune.provenance import model_hash, provenance
+from reviewtune.rng import EvaluationKeepsRng, rng_preserved
 from reviewtune.run_summary import (
     already_complete,
     count_parameters,
@@ -94,26 +93,6 @@ def parse_args(argv: list[str] | None = None):
         if "config file" in str(e):  # unknown YAML keys: trl names them, we name the file
             raise ValueError(f"{config_path}: {e}") from e
         raise
-
-
-def base_model_hash(name_or_path: str, revision: str = "main") -> str | None:
-    """What identifies the base model: sha256 of a local directory's files (for directories over 2 GiB,
-    of its JSON files plus the names and sizes of the others, prefixed ``meta:``), or the hub commit
-    of a cached hub model (``hub:<sha>``); None when neither is known."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        if sum(p.stat().st_size for p in files) <= 2 << 30:
-            return dir_sha256(path)
-        h = hashlib.sha256()  # hashing 16 GB of weights on every launch is too slow; names + sizes instead
-        for p in files:
-            rel = str(p.relative_to(path))
-            h.update(f"{rel}:{p.stat().st_size}:".encode() + (file_sha256(p).encode() if p.suffix == ".json" else b""))
-        return "meta:" + h.hexdigest()
-    cached = try_to_load_from_cache(name_or_path, "config.json", revision=revision)
-    if isinstance(cached, str) and "/snapshots/" in cached:
-        return "hub:" + cached.split("/snapshots/")[1].split("/")[0]
-    return None
 
 
 def sample_predictions(model, tokenizer, prompts: list[str], task, script_args) -> list[dict]:
@@ -187,8 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
         model_path = str(model_path)
     else:
         model_path = model_args.model_name_or_path
-        base_hash = base_model_hash(model_path, model_args.model_revision)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+        base_hash = model_hash(model_path, model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -225,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset if len(eval_dataset) else None,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[EvaluationKeepsRng()],
     )
     adapters_follow_compute_dtype(trainer.model, training_args)
     trainable_params, total_params = count_parameters(trainer.model)
@@ -234,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Sample predictions before training (rank 0; sharded models answer after training, reloaded on one device)
     before = None
     if not is_sharded(mode) and trainer.is_world_process_zero():
-        before = sample_predictions(trainer.model, tokenizer, sample_prompts, task, script_args)
+        with rng_preserved():
+            before = sample_predictions(trainer.model, tokenizer, sample_prompts, task, script_args)
 
     # Train
     train_result = trainer.train(resume_from_checkpoint=resume_from)

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when pre-training code changes what a given corpus + config produces: old caches stay valid for
 # the adapters trained on them, new runs get a new directory.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: every dimension a multiple of 64 (intermediate 704, vocabulary padded)
 MANIFEST = "base_model.json"
 # Fields that do not change the model: where it is written, and which path the corpus was read from
 # (its content is hashed instead).
@@ -56,7 +56,7 @@ _DEFAULTS: dict[str, dict] = {
         hidden_size=256,
         num_layers=4,
         num_heads=4,
-        intermediate_size=688,
+        intermediate_size=704,
         max_seq_length=128,
         packing=True,
         max_position_embeddings=512,

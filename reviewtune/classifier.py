@@ -82,6 +82,10 @@ class ClassifierArguments:
     num_sample_predictions: int = field(
         default=3, metadata={"help": "Test reviews whose predictions are printed at the end (0: none)."}
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the model's own code from its repository (as SFTConfig's field of the same name)."},
+    )
 
     def __post_init__(self) -> None:
         if self.class_weights not in CLASS_WEIGHT_MODES:

@@ -163,17 +163,20 @@ def score_isolated(
     """:func:`score_and_measure` in a fresh Python process (``python -m reviewtune.cost``).
 
     Arguments and results travel as pickles in a temporary directory; the child's progress bars and
-    errors go to this process's stderr, and a failing child raises ``RuntimeError`` naming the system.
+    errors go to this process's stderr, and a failing child raises ``RuntimeError`` naming the system and
+    the child's error.
     """
     with tempfile.TemporaryDirectory(prefix="reviewtune-cost-") as tmp:
         args_path, result_path = Path(tmp) / "args.pkl", Path(tmp) / "result.pkl"
+        error_path = result_path.with_suffix(".error")
         with open(args_path, "wb") as f:
             pickle.dump((spec, records, batch_size, latency_sample, progress), f, protocol=pickle.HIGHEST_PROTOCOL)
         proc = subprocess.run(
             [sys.executable, "-m", "reviewtune.cost", str(args_path), str(result_path)], env=_child_env()
         )
         if proc.returncode != 0 or not result_path.is_file():
-            raise RuntimeError(f"scoring system {spec.name!r} failed in its own process (exit code {proc.returncode})")
+            error = error_path.read_text(encoding="utf-8") if error_path.is_file() else f"exit code {proc.returncode}"
+            raise RuntimeError(f"scoring system {spec.name!r} failed in its own process: {error}")
         with open(result_path, "rb") as f:
             return pickle.load(f)
 
@@ -181,7 +184,11 @@ def score_isolated(
 def _main(args_path: str, result_path: str) -> None:
     with open(args_path, "rb") as f:
         spec, records, batch_size, latency_sample, progress = pickle.load(f)
-    result = score_and_measure(spec, records, batch_size, latency_sample, progress)
+    try:
+        result = score_and_measure(spec, records, batch_size, latency_sample, progress)
+    except Exception as e:  # the parent names the system with this line; the traceback goes to stderr
+        Path(result_path).with_suffix(".error").write_text(f"{type(e).__name__}: {e}", encoding="utf-8")
+        raise
     with open(result_path, "wb") as f:
         pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
 

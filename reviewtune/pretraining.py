@@ -26,6 +26,7 @@ from reviewtune.provenance import provenance
 logger = logging.getLogger(__name__)
 
 KINDS = ("causal", "roberta")
+DIM_MULTIPLE = 64  # model dimensions are rounded up to this (see build_model)
 CAUSAL_SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 # RoBERTa's own order: <s>=0, <pad>=1, </s>=2, <unk>=3; <mask> last.
 ROBERTA_SPECIAL_TOKENS = {
@@ -60,7 +61,7 @@ class PretrainArguments:
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 688
+    intermediate_size: int = 704
     max_seq_length: int = field(
         default=128, metadata={"help": "Length of the packed training blocks (tokens); unpacked texts are cut to it."}
     )
@@ -242,7 +243,9 @@ def build_model(kind: str, tokenizer, args: PretrainArguments):
     from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM
 
     common = dict(
-        vocab_size=len(tokenizer),
+        # Every dimension a multiple of 64 (the rows past the tokenizer's vocabulary are never input): 4-bit
+        # kernels and tensor cores want such shapes (bitsandbytes' packed CPU kernel needs out_features % 32).
+        vocab_size=-(-len(tokenizer) // DIM_MULTIPLE) * DIM_MULTIPLE,
         hidden_size=args.hidden_size,
         num_hidden_layers=args.num_layers,
         num_attention_heads=args.num_heads,

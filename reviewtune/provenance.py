@@ -32,6 +32,32 @@ def dir_sha256(path: str | os.PathLike, pattern: str = "*") -> str:
     return h.hexdigest()
 
 
+def model_hash(name_or_path: str, revision: str | None = None) -> str | None:
+    """What identifies the base model: sha256 of a local directory's files (for directories over 2 GiB,
+    of its JSON files plus the names and sizes of the others, prefixed ``meta:``), or the hub commit
+    of a hub model (``hub:<sha>``, resolved through the HF cache like ``from_pretrained``); None when neither
+    is known."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        if sum(p.stat().st_size for p in files) <= 2 << 30:
+            return dir_sha256(path)
+        h = hashlib.sha256()  # hashing 16 GB of weights on every launch is too slow; names + sizes instead
+        for p in files:
+            rel = str(p.relative_to(path))
+            h.update(f"{rel}:{p.stat().st_size}:".encode() + (file_sha256(p).encode() if p.suffix == ".json" else b""))
+        return "meta:" + h.hexdigest()
+    from huggingface_hub import hf_hub_download
+
+    try:  # the cached copy when offline; online, the (small) config of that revision
+        cached = hf_hub_download(name_or_path, "config.json", revision=revision)
+    except (OSError, ValueError):  # not a repo id, not cached offline, no such repo or revision
+        return None
+    if "/snapshots/" in cached:
+        return "hub:" + cached.split("/snapshots/")[1].split("/")[0]
+    return None
+
+
 @functools.cache
 def package_versions() -> dict[str, str | None]:
     versions = {}

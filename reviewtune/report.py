@@ -538,6 +538,11 @@ def _detail_tables(report: dict, s: dict) -> list[str]:
     return parts
 
 
+def _failed(report: dict) -> list[dict]:
+    """Systems the harness could not load or score (named in the report with their error)."""
+    return report.get("failed_systems") or []
+
+
 def render_markdown(report: dict) -> str:
     task_name = report["task"]["name"]
     header, rows = summary_table(report)
@@ -553,6 +558,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Recommendation: {recommendation(report)}",
         "",
+        *[f"Not scored: **{f['name']}** ({f['kind']}, {f['scoring']}): {f['error']}\n" for f in _failed(report)],
         f"Quality: point estimate [95% percentile bootstrap interval]. {INVALID_NOTE[task_name]} "
         f"Latency: per review at batch 1; throughput at the batch size shown. Primary metric: "
         f"`{PRIMARY_METRIC[task_name]}`.",
@@ -803,6 +809,8 @@ def render_html(report: dict) -> str:
         "<h2>Head-to-head</h2>",
         _html_table(header, [[esc(c) for c in row] for row in rows]),
         f"<p>Recommendation: {esc(recommendation(report)).replace('**', '')}</p>",
+        *[f"<p class='failed'>Not scored: <b>{esc(f['name'])}</b> ({esc(f['kind'])}, {esc(f['scoring'])}): "
+          f"{esc(f['error'])}</p>" for f in _failed(report)],
         "<h2>Quality versus throughput</h2>",
     ]
     scatter = plot_quality_vs_throughput(report)

@@ -23,6 +23,7 @@ from reviewtune.atomic import read_json
 from reviewtune.classifier import load_thresholds
 from reviewtune.generation import generate_answers, label_loglik, loglik_probs
 from reviewtune.prompts import build_prompt, keyword_input, parse_answer
+from reviewtune.quantization import compute_dtype, load_pretrained, nf4_config
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -113,24 +114,19 @@ def _weight_files(directory: Path) -> list[Path]:
     return sorted({p for pattern in _SERVING_FILES for p in directory.glob(pattern) if p.is_file()})
 
 
-def _compute_dtype() -> torch.dtype:
-    """bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU: ``quantization.compute_dtype``'s rule,
-    restated because importing that module loads trl and peft in classifier processes that need neither."""
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def _nf4_config(summary: dict):
     """The NF4 config the run trained with: double quantisation as recorded, the SFT recipe's compute dtype."""
-    from transformers import BitsAndBytesConfig
+    double_quant = bool(_config(summary).get("use_bnb_nested_quant", True))
+    return nf4_config(double_quant=double_quant, compute_dtype=compute_dtype())
 
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=bool((summary.get("config") or {}).get("use_bnb_nested_quant", True)),
-        bnb_4bit_compute_dtype=_compute_dtype(),
-    )
+
+def _config(summary: dict) -> dict:
+    return summary.get("config") or {}
+
+
+def _remote_code(summary: dict) -> bool:
+    """``trust_remote_code`` as the run was trained with it (off unless the run asked for it)."""
+    return bool(_config(summary).get("trust_remote_code", False))
 
 
 def _device() -> torch.device:
@@ -157,24 +153,53 @@ def _positions(model) -> int | None:
     return limit
 
 
-def _base_dir(run_dir: Path, summary: dict, kind: str) -> Path:
-    """The adapter's base model directory: as recorded in ``adapter_config.json`` / ``run_summary.json``, else
-    the embedded base of the same hash in this machine's cache (a run copied from elsewhere)."""
+@dataclass
+class BaseModel:
+    """An adapter's base model: what ``from_pretrained`` takes, and where its files are on this machine."""
+
+    name_or_path: str  # a local directory or a hub id
+    revision: str | None = None  # the hub commit the run trained on (hub ids only)
+    local_dir: Path | None = None  # the directory, or the HF cache snapshot of a hub id
+
+    def from_pretrained_kwargs(self, summary: dict) -> dict:
+        return {"revision": self.revision, "trust_remote_code": _remote_code(summary)}
+
+
+def _base_model(run_dir: Path, summary: dict, kind: str) -> BaseModel:
+    """The adapter's base model, tried in order: the directory recorded in ``adapter_config.json`` /
+    ``run_summary.json``; the embedded base of the same hash in this machine's cache (a run copied from
+    elsewhere); the recorded hub id at the recorded commit, from the HF cache (offline) or the hub."""
     recorded = [read_json(run_dir / ADAPTER_CONFIG).get("base_model_name_or_path"), summary.get("base_model")]
-    candidates = [Path(p) for p in recorded if p]
-    for path in candidates:
-        if (path / "config.json").is_file():
-            return path
-    if summary.get("base_model_hash"):
+    recorded = list(dict.fromkeys(str(p) for p in recorded if p))
+    for name in recorded:
+        if (Path(name) / "config.json").is_file():
+            return BaseModel(name, local_dir=Path(name))
+    tried = list(recorded)
+    recorded_hash = summary.get("base_model_hash") or ""
+    if recorded_hash and ":" not in recorded_hash:  # a directory's sha256: maybe the embedded base
         from reviewtune.base_models import base_model_dir  # imported only here: it loads the pre-training code
 
-        cached = base_model_dir(kind, summary["base_model_hash"])
+        cached = base_model_dir(kind, recorded_hash)
         if (cached / "config.json").is_file():
-            return cached
-        candidates.append(cached)
+            return BaseModel(str(cached), local_dir=cached)
+        tried.append(str(cached))
+    revision = recorded_hash.removeprefix("hub:") if recorded_hash.startswith("hub:") else None
+    revision = revision or _config(summary).get("model_revision")
+    for name in recorded:
+        if Path(name).is_absolute() or Path(name).exists():
+            continue
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = hf_hub_download(name, "config.json", revision=revision)
+        except (OSError, ValueError) as e:  # not a repo id; offline and not cached; no such repo or revision
+            tried.append(f"{name}@{revision or 'main'} ({type(e).__name__})")
+            continue
+        return BaseModel(name, revision=revision, local_dir=Path(config_file).parent)
     raise FileNotFoundError(
-        f"{run_dir}: the adapter's base model is not a local directory (tried {', '.join(map(str, candidates))}); "
-        "rebuild the embedded base (it is cached under REVIEWTUNE_HOME) or score a merged model"
+        f"{run_dir}: the adapter's base model was not found (tried {', '.join(tried)}); a hub model must be in the "
+        "HF cache (HF_HOME) when offline, an embedded base is rebuilt by its recipe (cached under REVIEWTUNE_HOME), "
+        "or score the run's merged/ model"
     )
 
 
@@ -182,23 +207,26 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = _device()
+    remote = {"trust_remote_code": _remote_code(summary)}
     if merged and not (run_dir / "merged" / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: no merged/ model (train with --merge, or score base + adapter)")
     if merged:
         weights_dir = run_dir / "merged"
-        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=_compute_dtype()).to(device)
+        model = AutoModelForCausalLM.from_pretrained(weights_dir, dtype=compute_dtype(), **remote).to(device)
         weight_paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
         weights = f"merged ({str(model.dtype).removeprefix('torch.')})"
     elif (run_dir / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
-        base = _base_dir(run_dir, summary, "causal")
+        base = _base_model(run_dir, summary, "causal")
+        base_kwargs = base.from_pretrained_kwargs(summary)
         if summary.get("quantization") == "nf4":
             # Scored the way it was trained: the base quantised to NF4 (same config) + the LoRA adapter.
-            base_model = AutoModelForCausalLM.from_pretrained(
-                base, quantization_config=_nf4_config(summary), dtype=_compute_dtype(), device_map={"": _device_index()}
-            )
+            base_model = load_pretrained(
+                AutoModelForCausalLM, base.name_or_path, quantization_config=_nf4_config(summary),
+                dtype=compute_dtype(), device_map={"": _device_index()}, **base_kwargs,
+            )  # fmt: skip
             if dequantize_nf4 is None:
                 dequantize_nf4 = device.type == "cpu"
             if dequantize_nf4:
@@ -210,20 +238,21 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool,
             else:
                 weights = "nf4"
         else:
-            base_model = AutoModelForCausalLM.from_pretrained(base, dtype=_compute_dtype()).to(device)
+            base_model = AutoModelForCausalLM.from_pretrained(base.name_or_path, dtype=compute_dtype(), **base_kwargs)
+            base_model = base_model.to(device)
             weights = str(base_model.dtype).removeprefix("torch.")
         model = PeftModel.from_pretrained(base_model, run_dir)
-        weight_paths = _weight_files(run_dir) + _weight_files(Path(base))
-        tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
+        weight_paths = _weight_files(run_dir) + _weight_files(base.local_dir)
+        tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else base.local_dir
     elif (run_dir / "config.json").is_file():  # full fine-tuning: the model itself
-        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=_compute_dtype()).to(device)
+        model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=compute_dtype(), **remote).to(device)
         weight_paths = _weight_files(run_dir)
         tokenizer_dir = run_dir
         weights = str(model.dtype).removeprefix("torch.")
     else:
         raise FileNotFoundError(f"{run_dir}: neither {ADAPTER_CONFIG}, config.json nor merged/ found")
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **remote)
     return System(
         run_dir=run_dir,
         kind="generative",
@@ -243,31 +272,37 @@ def _load_classifier_model(run_dir: Path, summary: dict):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     device = _device()
+    remote = {"trust_remote_code": _remote_code(summary)}
     # The run names the directory a pipeline loads (``merged`` for LoRA runs): scored as deployed.
     pipeline_model = summary.get("pipeline_model")
     if pipeline_model not in (None, ".") and (run_dir / pipeline_model / "config.json").is_file():
         weights_dir = run_dir / pipeline_model
-        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=_compute_dtype())
+        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=compute_dtype(), **remote)
         paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
     elif (run_dir / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
-        base = _base_dir(run_dir, summary, "roberta")
+        base = _base_model(run_dir, summary, "roberta")
+        base_kwargs = base.from_pretrained_kwargs(summary)
         # The head's shape and label names come from the run's own config.json (saved with id2label).
-        config = AutoConfig.from_pretrained(run_dir if (run_dir / "config.json").is_file() else base)
-        base_model = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=_compute_dtype())
+        has_config = (run_dir / "config.json").is_file()
+        config = AutoConfig.from_pretrained(run_dir, **remote) if has_config else None
+        config = config or AutoConfig.from_pretrained(base.name_or_path, **base_kwargs)
+        base_model = AutoModelForSequenceClassification.from_pretrained(
+            base.name_or_path, config=config, dtype=compute_dtype(), **base_kwargs
+        )
         model = PeftModel.from_pretrained(base_model, run_dir)
-        paths = _weight_files(run_dir) + _weight_files(Path(base))
-        tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else Path(base)
+        paths = _weight_files(run_dir) + _weight_files(base.local_dir)
+        tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else base.local_dir
     elif (run_dir / "config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=_compute_dtype())
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=compute_dtype(), **remote)
         paths = _weight_files(run_dir)
         tokenizer_dir = run_dir
     else:
         raise FileNotFoundError(f"{run_dir}: neither {ADAPTER_CONFIG}, config.json nor merged/ found")
     model.to(device).eval()
-    return model, AutoTokenizer.from_pretrained(tokenizer_dir), paths
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir, **remote), paths
 
 
 def _id2label(model) -> list[str]:

@@ -7,15 +7,15 @@ import pytest
 import torch
 from trl import ModelConfig, SFTConfig
 
-from reviewtune.quantization import (
+from reviewtune.model_loading import (
     bnb_config,
     check_configuration,
-    compute_dtype,
     distributed_mode,
     load_causal_lm,
     model_loading_kwargs,
     training_method,
 )
+from reviewtune.quantization import compute_dtype
 
 
 def _args(tmp_path, **kw) -> SFTConfig:
@@ -48,7 +48,7 @@ def test_methods():
 def test_single_process_cpu(tmp_path):
     args = _args(tmp_path)
     assert distributed_mode(args) == "single"
-    assert compute_dtype(args) == torch.float32
+    assert compute_dtype(args.use_cpu) == torch.float32
     kwargs = model_loading_kwargs(_qlora(dtype="float32"), args)
     q = kwargs["quantization_config"]
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant

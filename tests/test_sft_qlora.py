@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from reviewtune.generation import generate_answers
+from reviewtune.model_loading import adapters_follow_compute_dtype, load_causal_lm, load_trained_for_generation
 from reviewtune.prompts import to_instruction
-from reviewtune.quantization import adapters_follow_compute_dtype, load_causal_lm, load_trained_for_generation
+from reviewtune.quantization import keep_4bit_weights_unpacked
 from reviewtune.run_summary import SUMMARY_KEYS
 from reviewtune.sft_data import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
 from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
@@ -214,6 +215,7 @@ def test_merge_matches_nf4_plus_adapter(qlora_run, tiny_causal_dir, data_dir):
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
     qlora = AutoPeftModelForCausalLM.from_pretrained(out, quantization_config=quant, dtype=torch.float32).eval()
+    keep_4bit_weights_unpacked(qlora)  # as every 4-bit load of the suite: no packed CPU kernel
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     assert merged.dtype == torch.float32  # CPU: the "16-bit" merge is written in fp32
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
