@@ -4,12 +4,15 @@
 
 Needs one CUDA GPU with bf16 (Ampere or newer) and bitsandbytes' CUDA kernels; it refuses to start
 without them (``--dry_run`` prints the commands instead, on any machine). Nothing is downloaded: the
-base model is a randomly initialised Llama (hidden 1024, 16 layers, ~214M parameters with an 8k
-vocabulary) with a byte-level BPE tokenizer trained on the embedded default's training text, written
-once to ``OUTPUT_DIR/base_model``. Every measurement is a real recipe run, launched exactly as a user
-launches it:
+base model is a randomly initialised Llama (hidden 1024, 16 layers, intermediate 2816: about 208M
+parameters) with a byte-level BPE tokenizer trained on the embedded default's training text (at most 8000
+tokens; the embedded default's text gives about 2,460, padded to a multiple of 64 in the model), written
+once to ``OUTPUT_DIR/base_model``. Every measurement is a real recipe run on its own config
+(``recipes/configs/sft_qlora_gpu_benchmark.yaml``: adapters only, no module trained in full), launched
+exactly as a user launches it:
 
-    accelerate launch --config_file accelerate_configs/<config>.yaml --num_processes 1 recipes/sft_qlora.py ...
+    accelerate launch --config_file accelerate_configs/<config>.yaml --num_processes 1 recipes/sft_qlora.py \
+        --config recipes/configs/sft_qlora_gpu_benchmark.yaml ...
 
 1. memory: QLoRA (NF4 base, bf16) vs 16-bit LoRA (bf16 base) vs full fine-tuning (fp32 weights, bf16
    autocast), single GPU, same data, batch and steps -> peak CUDA memory (``run_summary.json``
@@ -39,9 +42,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from reviewtune.atomic import atomic_write_json, read_json  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "sft_qlora.py"
+RECIPE_CONFIG = ROOT / "recipes" / "configs" / "sft_qlora_gpu_benchmark.yaml"
 CONFIGS = ROOT / "accelerate_configs"
 
-# Model size: ~214M parameters with an 8k vocabulary (16 x 12.85M per layer + tied embeddings).
+# Model size: ~208M parameters (16 x 12.85M per layer + tied embeddings of the learnt vocabulary).
 MODEL = dict(hidden_size=1024, num_layers=16, num_heads=16, intermediate_size=2816, max_position_embeddings=1024)
 VOCAB_SIZE = 8000
 
@@ -116,7 +120,7 @@ def recipe_command(name: str, base: Path, out: Path, data: dict[str, str], args:
     return [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(CONFIGS / f"{config}.yaml"), "--num_processes", "1",
-        str(RECIPE),
+        str(RECIPE), "--config", str(RECIPE_CONFIG),
         "--model_name_or_path", str(base), "--output_dir", str(out / name),
         "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
         "--max_eval_samples", "64", "--eval_strategy", "no", "--save_strategy", "no",
@@ -202,7 +206,7 @@ def main() -> None:
     out = Path(args.output_dir).resolve()
     placeholder = out / "base_model"
     if args.dry_run:
-        data = {s: f"<embedded default {s}>" for s in ("train", "validation", "test")}
+        data = {s: f"<embedded-default-{s}>" for s in ("train", "validation", "test")}
         for name in args.runs:
             print(" ".join(recipe_command(name, placeholder, out, data, args)))
         return
