@@ -7,7 +7,7 @@ Trains nothing. For each way it prints reviews/s of ``generate`` scoring (and of
 tasks), the largest difference of next-token log-probabilities at the answer position from the fp32 way,
 and how many predictions differ from it. The packed way runs only on a CPU with AVX512-BF16, and only on
 the layers the kernel takes (out_features % 32 == 0 and in_features % 64 == 0); the suite itself never
-packs (``reviewtune.quantization``), so this measures what enabling it would give and cost.
+packs (``reviewtune.models.quantization``), so this measures what enabling it would give and cost.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from reviewtune.evaluation.predict import predict  # noqa: E402
+from reviewtune.evaluation.systems import LOGLIK_TASKS, load_system  # noqa: E402
+from reviewtune.prompts import fit_prompt  # noqa: E402
 from reviewtune.records import read_records  # noqa: E402
-from reviewtune.scoring import LOGLIK_TASKS, fit_prompt, load_system, predict  # noqa: E402
 
 
 def has_avx512bf16() -> bool:
@@ -49,7 +51,8 @@ def answer_logprobs(system, records: list[dict]) -> torch.Tensor:
     tok = system.tokenizer
     rows = []
     for r in records:
-        ids = tok(fit_prompt(r["text"], system.task, tok, system.max_length), return_tensors="pt")["input_ids"]
+        prompt, _ = fit_prompt(r["text"], system.task, tok, system.max_length)
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
         logits = system.model(input_ids=ids).logits[0, -1].float()
         rows.append(torch.log_softmax(logits, dim=-1))
     return torch.stack(rows)

@@ -95,7 +95,8 @@ def build_base_model(out: Path, train_file: str) -> tuple[Path, int]:
         return base, read_json(base / "bench_model.json")["parameters"]
     import torch
 
-    from reviewtune.pretraining import PretrainArguments, build_model, train_tokenizer
+    from reviewtune.models.pretraining import build_model, train_tokenizer
+    from reviewtune.training.arguments import PretrainArguments
 
     texts = [json.loads(line)["text"] for line in Path(train_file).read_text(encoding="utf-8").splitlines() if line]
     tokenizer = train_tokenizer(texts, "causal", vocab_size=VOCAB_SIZE)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
-from reviewtune.sources import DataError, prepare, summary_line
+from reviewtune.data.prepare import DataError, prepare, summary_line
 
 
 @dataclass

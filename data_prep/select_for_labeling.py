@@ -5,7 +5,7 @@
     python data_prep/select_for_labeling.py --run runs/sft_nsmc --pool pool.jsonl --k 100 --out to_label.jsonl \
         --strategy least_confidence --group-by shop
 
-Strategies (comma-separated ones take turns; see ``reviewtune.selection``): ``keyword_uncertainty``
+Strategies (comma-separated ones take turns; see ``reviewtune.analysis.selection``): ``keyword_uncertainty``
 (aspect classifier), ``least_confidence`` / ``margin`` / ``entropy`` (single-label sentiment: classifiers,
 generative runs through loglik), ``rare`` (share of tokens rare in the run's training text), ``outliers``
 (k-means on the model's sentence embeddings), ``proportional`` (stratified random; needs ``--group-by``).
@@ -29,11 +29,19 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from reviewtune.analysis.highlights import peek_system
+from reviewtune.analysis.selection import (
+    STRATEGIES,
+    default_strategy,
+    group_of,
+    load_pool,
+    score_pool,
+    select,
+    unavailable,
+)
 from reviewtune.atomic import atomic_write_json, atomic_write_jsonl
-from reviewtune.highlights import peek_system
+from reviewtune.evaluation.systems import load_system
 from reviewtune.provenance import provenance
-from reviewtune.scoring import load_system
-from reviewtune.selection import STRATEGIES, default_strategy, group_of, load_pool, score_pool, select, unavailable
 
 
 @dataclass

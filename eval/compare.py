@@ -30,7 +30,7 @@ import numpy as np
 from trl import TrlParser
 
 from reviewtune.atomic import atomic_write_jsonl, read_json
-from reviewtune.records import drop_reason, read_records
+from reviewtune.records import load_task_records, read_records
 from reviewtune.tasks import TaskSpec, get_task
 
 logger = logging.getLogger("reviewtune.compare")
@@ -159,15 +159,8 @@ def load_test_records(
     path: str, task: TaskSpec, max_samples: int | None, seed: int
 ) -> tuple[list[dict], dict[str, int], dict | None]:
     """Usable test records (in file order), dropped counts by reason, and the subsample statement."""
-    kept, dropped = [], {}
-    for r in read_records(path):
-        reason = drop_reason(r, task)
-        if reason:
-            dropped[reason] = dropped.get(reason, 0) + 1
-        else:
-            kept.append(r)
-    if not kept:
-        raise ValueError(f"{path}: no record is usable for task {task.name} (dropped: {dropped})")
+    kept, report = load_task_records(path, task)
+    dropped = report["dropped"]
     ids = [str(r["id"]) for r in kept]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -182,8 +175,8 @@ def load_test_records(
 
 def system_specs(args: CompareArguments, task: TaskSpec, train_records: list[dict] | None):
     """One ``SystemSpec`` per (run, scoring mode) and per baseline, with unique names."""
-    from reviewtune.cost import SystemSpec
-    from reviewtune.scoring import LOGLIK_TASKS
+    from reviewtune.evaluation.cost import SystemSpec
+    from reviewtune.evaluation.systems import LOGLIK_TASKS
 
     specs = []
     for run in args.generative_runs:
@@ -195,7 +188,7 @@ def system_specs(args: CompareArguments, task: TaskSpec, train_records: list[dic
     for run in args.classifier_runs:
         specs.append(SystemSpec(Path(run).name, "classifier", "classifier", run))
     if args.baselines:
-        from reviewtune.baselines import fit_baseline
+        from reviewtune.evaluation.baselines import fit_baseline
 
         if not train_records:
             raise ValueError("baselines need train records: set train_file (or baselines: [none])")
@@ -217,13 +210,13 @@ def system_specs(args: CompareArguments, task: TaskSpec, train_records: list[dic
 def highlight_disagreements(
     task: TaskSpec, records: list[dict], specs: list, predictions_by_system: dict[str, list[dict]], first: list[str]
 ) -> tuple[list[dict], int]:
-    """The report's disagreement examples, with occlusion highlights (``reviewtune.highlights``) from every
+    """The report's disagreement examples, with occlusion highlights (``reviewtune.analysis.highlights``) from every
     system that has probabilities to occlude: classifiers, and generative runs scored by ``loglik``. Each
     highlight explains the system's own prediction (its label, or for the aspect classifier its most
     probable keyword). Baselines and ``generate`` scoring have none and are left out, not failed."""
-    from reviewtune.highlights import NotApplicable, highlight_scores, peek_system, target_kind
-    from reviewtune.report import disagreement_examples
-    from reviewtune.scoring import load_system
+    from reviewtune.analysis.highlights import NotApplicable, highlight_scores, peek_system, target_kind
+    from reviewtune.evaluation.systems import load_system
+    from reviewtune.report.comparisons import disagreement_examples
 
     examples, total = disagreement_examples(task, records, predictions_by_system, first=first)
     texts = [ex["text"] for ex in examples]
@@ -259,9 +252,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from reviewtune.cost import score_and_measure, score_isolated
-    from reviewtune.metrics import task_metrics
-    from reviewtune.report import write_report
+    from reviewtune.evaluation.cost import score_and_measure, score_isolated
+    from reviewtune.evaluation.metrics import task_metrics
+    from reviewtune.report.write import write_report
 
     wall = time.perf_counter()
 

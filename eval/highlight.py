@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from reviewtune.highlights import MIN_DROP, NotApplicable, occlude, peek_system, target_kind
-from reviewtune.scoring import load_system
+from reviewtune.analysis.highlights import MIN_DROP, NotApplicable, occlude, peek_system, target_kind
+from reviewtune.evaluation.systems import load_system
 
 
 @dataclass

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from reviewtune.atomic import atomic_write_jsonl
+from reviewtune.evaluation.predict import predict
+from reviewtune.evaluation.systems import load_system
 from reviewtune.records import read_records
-from reviewtune.scoring import load_system, predict
 
 logger = logging.getLogger("reviewtune.predict")
 

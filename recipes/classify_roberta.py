@@ -29,31 +29,27 @@ import copy
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
 
-import datasets
 import torch
-import transformers
 from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
-from reviewtune import defaults
 from reviewtune.atomic import atomic_write_json
-from reviewtune.classifier import (
+from reviewtune.evaluation.metrics import task_metrics
+from reviewtune.provenance import provenance
+from reviewtune.training import run_directory
+from reviewtune.training.arguments import ClassifierArguments, DataArguments
+from reviewtune.training.classifier_heads import (
     ASPECT_COMPONENTS,
     MULTI_LABEL,
-    ClassifierArguments,
     Head,
     build_examples,
     class_weights,
@@ -61,29 +57,24 @@ from reviewtune.classifier import (
     head_metrics,
     headline,
     heads_for_task,
-    load_records,
     lora_config,
     make_compute_metrics,
     model_max_length,
     probabilities,
-    save_thresholds,
-    split_validation,
     tokenize_examples,
-    tune_thresholds,
-    weighted_loss,
 )
-from reviewtune.configs import DataArguments
-from reviewtune.metrics import task_metrics
-from reviewtune.provenance import model_hash, provenance
-from reviewtune.rng import EvaluationKeepsRng
-from reviewtune.run_summary import (
-    already_complete,
-    count_parameters,
-    peak_memory_bytes,
-    save_token_frequencies,
-    write_run_summary,
+from reviewtune.training.classifier_trainer import WeightedLossTrainer
+from reviewtune.training.recipe_setup import (
+    checkpoint_to_resume,
+    load_recipe_data,
+    load_tokenizer,
+    parse_recipe_args,
+    resolve_base_model,
+    setup_logging,
+    task_from_args,
 )
-from reviewtune.tasks import get_task
+from reviewtune.training.rng import EvaluationKeepsRng
+from reviewtune.training.thresholds import DEFAULT_THRESHOLD, save_thresholds, tune_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -102,42 +93,10 @@ COMPONENT_KEYS = (
 )
 
 
-class WeightedLossTrainer(Trainer):
-    """``Trainer`` whose loss carries class weights (the models' built-in losses take none).
-
-    The loss is the mean over the batch, so the Trainer divides it by the gradient-accumulation steps.
-    """
-
-    loss_is_scaled_for_ga = False
-
-    def __init__(self, *args, problem_type: str, class_weights: list[float] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.problem_type = problem_type
-        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        weights = self.class_weights.to(outputs.logits.device) if self.class_weights is not None else None
-        loss = weighted_loss(outputs.logits, labels, self.problem_type, weights)
-        return (loss, outputs) if return_outputs else loss
-
-
 def parse_args(argv: list[str] | None = None):
     """(data, classifier, training, model) arguments; the embedded default YAML is the base without ``--config``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" not in argv:
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    parser = TrlParser((DataArguments, ClassifierArguments, TrainingArguments, ModelConfig))
-    # Hardware-dependent defaults (a config or the command line still overrides them), as in sft_qlora.py.
-    on_gpu = torch.cuda.is_available()
-    parser.set_defaults(use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(), lora_task_type="SEQ_CLS")
-    config_path = argv[argv.index("--config") + 1]
-    try:
-        return parser.parse_args_and_config(argv)
-    except ValueError as e:  # unknown keys: trl names them, we name the file they came from
-        raise ValueError(f"{config_path}: {e}" if "config file" in str(e) else f"command line: {e}") from e
+    dataclass_types = (DataArguments, ClassifierArguments, TrainingArguments, ModelConfig)
+    return parse_recipe_args(dataclass_types, DEFAULT_CONFIG, argv, lora_task_type="SEQ_CLS")
 
 
 def check_model_args(model_args: ModelConfig) -> str:
@@ -149,31 +108,48 @@ def check_model_args(model_args: ModelConfig) -> str:
     return "lora" if model_args.use_peft else "full"
 
 
-def summary_config(data_args, clf_args, training_args, model_args) -> dict:
-    """The resolved configuration, flat like the YAML (the dataclasses' field names do not overlap)."""
-    return {
-        **dataclasses.asdict(data_args),
-        **dataclasses.asdict(clf_args),
-        **dataclasses.asdict(model_args),
-        **training_args.to_dict(),
+def main(argv: list[str] | None = None) -> dict:
+    data_args, clf_args, training_args, model_args = parse_args(argv)
+
+    # Seed, logging, and the method (lora / full)
+    set_seed(training_args.seed)
+    setup_logging(training_args, logger)
+    method = check_model_args(model_args)
+
+    # Data: records per split, unusable ones dropped and counted; the recipes' one validation split if none is given
+    task = task_from_args(data_args)
+    data = load_recipe_data(data_args, task, training_args)
+
+    # Base model: the suite's embedded RoBERTa pre-trained on this train file, or a named checkpoint
+    model_path, base_hash = resolve_base_model("roberta", model_args, data.files["train"])
+
+    # Train each head (one, or keywords + keyword_sentiment for aspects)
+    args = dict(data_args=data_args, clf_args=clf_args, training_args=training_args, model_args=model_args)
+    components = {
+        head.name: train_head(head, task, data, model_path=model_path, base_hash=base_hash, method=method, **args)
+        for head in heads_for_task(task)
     }
+    out = Path(training_args.output_dir)
+    if task.name != "aspects":
+        summary = components[task.name]
+    elif training_args.process_index == 0:
+        summary = aspect_system_summary(out, task, components, data, **args)
+    else:
+        return {}
+
+    if training_args.process_index == 0:
+        print_samples(out, task, data.test_or_validation, clf_args.num_sample_predictions)
+        print(f"\nRun directory: {out}\nRun summary:   {out / 'run_summary.json'}")
+        print(f"Report:        {out / 'classification_report.json'}")
+        for name, s in components.items():
+            where = out if task.name != "aspects" else out / name
+            print(f"{name}: pipeline('text-classification', model='{where / s['pipeline_model']}')")
+        print(f"Metrics: {summary['metrics']}")
+    return summary
 
 
-def train_head(
-    head: Head,
-    task,
-    records: dict,
-    *,
-    files: dict,
-    data_report: dict,
-    model_path: str,
-    base_hash: str | None,
-    method: str,
-    data_args,
-    clf_args,
-    training_args,
-    model_args,
-) -> dict:
+def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None, method: str, data_args, clf_args,
+               training_args, model_args) -> dict:  # fmt: skip
     """Train, save and evaluate one model into its directory; returns its run summary."""
     single = task.name != "aspects"
     output_dir = Path(training_args.output_dir) if single else Path(training_args.output_dir) / head.name
@@ -188,23 +164,14 @@ def train_head(
     logger.info("=== %s (%s, %d labels) -> %s", head.name, head.problem_type, head.num_labels, output_dir)
 
     # Checkpoint detection (an explicit resume_from_checkpoint applies to the model whose directory holds it)
-    last_checkpoint = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
     resume_from = training_args.resume_from_checkpoint
     if resume_from and not single and Path(resume_from).resolve().parent != output_dir.resolve():
         resume_from = None
-    resume_from = resume_from or last_checkpoint
-    if resume_from:
-        logger.info("%s: resuming from %s", head.name, resume_from)
+    resume_from = checkpoint_to_resume(output_dir, resume_from)
 
     # Tokenizer: keyword inputs are cut on the left so that "###키워드: {keyword}" at the end survives
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path,
-        revision=model_args.model_revision,
-        trust_remote_code=clf_args.trust_remote_code,
-        truncation_side="left" if head.name == "keyword_sentiment" else "right",  # saved with the tokenizer
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    side = "left" if head.name == "keyword_sentiment" else "right"  # saved with the tokenizer
+    tokenizer = load_tokenizer(model_path, model_args, clf_args.trust_remote_code, truncation_side=side)
 
     # Model: a fresh head with the label names in the config (id2label), LoRA SEQ_CLS with the head in full
     set_seed(training_args.seed)  # each model starts from the same seed, whatever was trained before it
@@ -224,12 +191,11 @@ def train_head(
     max_length = model_max_length(model.config, clf_args.max_length)
     if method == "lora":
         model = get_peft_model(model, lora_config(model_args))
-    trainable_params, total_params = count_parameters(model)
-    share = 100 * trainable_params / total_params
-    logger.info("%s: trainable params %d / total %d (%.2f%%)", head.name, trainable_params, total_params, share)
+    trainable_params, total_params = run_directory.count_parameters(model)
+    logger.info("%s: trainable params %d / total %d", head.name, trainable_params, total_params)
 
     # Data: examples per head, class weights from the training labels, tokenised without padding
-    examples = {split: build_examples(recs, task, head) for split, recs in records.items()}
+    examples = {split: build_examples(recs, task, head) for split, recs in data.records.items()}
     for split in ("train", "validation"):
         if not examples[split]:
             raise ValueError(f"{head.name}: no {split} examples (check the {split} records' labels)")
@@ -240,8 +206,6 @@ def train_head(
             split: tokenize_examples(ex, tokenizer, max_length, desc=f"Tokenising {head.name} {split}")
             for split, ex in examples.items()
         }
-    train_dataset, n_shortened, n_train_tokens = tokenized["train"]
-    eval_dataset = tokenized["validation"][0]
 
     # Trainer: weighted loss, dynamic padding, length-grouped batches (config), early stopping on the metric
     callbacks = [EvaluationKeepsRng()]
@@ -250,8 +214,8 @@ def train_head(
     trainer = WeightedLossTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=tokenized["train"][0],
+        eval_dataset=tokenized["validation"][0],
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
         compute_metrics=make_compute_metrics(head),
@@ -262,54 +226,19 @@ def train_head(
 
     # Train (the best checkpoint is loaded at the end when load_best_model_at_end)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if finished := already_complete(output_dir, resume_from, trainer.state.global_step):
+    if finished := run_directory.already_complete(output_dir, resume_from, trainer.state.global_step):
         logger.warning("%s was already complete: no step left to train, run_summary.json kept", resume_from)
         return finished
-    runtime = train_result.metrics["train_runtime"]
-    epochs = trainer.state.epoch or 0.0
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
     # Save: adapter (+ config.json with id2label) or full model, tokenizer; merged model for LoRA
     trainer.save_model(str(output_dir))
     trainer.save_state()
-    pipeline_model = "."
-    if trainer.is_world_process_zero():
-        task.save(output_dir)
-        save_token_frequencies(output_dir, (e["text"] for e in examples["train"]), tokenizer)
-        if method == "lora":
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            unwrapped.get_base_model().config.save_pretrained(output_dir)
-            merged = copy.deepcopy(unwrapped).merge_and_unload()
-            merged.save_pretrained(output_dir / "merged")
-            tokenizer.save_pretrained(output_dir / "merged")
-            task.save(output_dir / "merged")
-            pipeline_model = "merged"
-            del merged
+    pipeline_model = save_pipeline_model(trainer, output_dir, task, method, tokenizer, examples["train"])
 
     # Evaluate: validation (+ test) with the best model; keyword thresholds tuned on validation
-    predictions = {
-        split: trainer.predict(tokenized[split][0], metric_key_prefix=split)
-        for split in ("validation", "test")
-        if split in tokenized
-    }
-    eval_loss = predictions["validation"].metrics.get("validation_loss")
-    # Gold labels come with the predictions: with train_sampling_strategy group_by_length the Trainer also
-    # orders evaluation batches by length, so predictions are not in dataset order.
-    gold = {split: p.label_ids for split, p in predictions.items()}
-    thresholds = None
-    report = {}
-    if head.problem_type == MULTI_LABEL:
-        val_probs = probabilities(predictions["validation"].predictions, head)
-        tuned = clf_args.tune_thresholds
-        by_keyword = tune_thresholds(val_probs, gold["validation"], list(head.label_names)) if tuned else {}
-        thresholds = [by_keyword.get(k, 0.5) for k in head.label_names]
-        for split in predictions:
-            report[f"{split}_threshold_0.5"] = head_metrics(head, predictions[split].predictions, gold[split])
-    for split in predictions:
-        report[split] = head_metrics(head, predictions[split].predictions, gold[split], thresholds)
-
+    report, thresholds, eval_loss = evaluate_head(trainer, head, tokenized, clf_args)
     summary = {
         "recipe": RECIPE,
         "kind": "classifier",
@@ -321,18 +250,14 @@ def train_head(
         "base_model_hash": base_hash,
         "quantization": "none",
         "method": method,
-        "train_examples": len(train_dataset),
-        "eval_examples": len(eval_dataset),
-        "shortened_examples": n_shortened,
+        **training_facts(trainer, train_result, tokenized),
         "trainable_params": trainable_params,
         "total_params": total_params,
-        "train_runtime_s": runtime,
-        "train_tokens_per_s": n_train_tokens * epochs / runtime if runtime and epochs else None,
-        "peak_memory_bytes": peak_memory_bytes(),
-        "final_train_loss": losses[-1][1] if losses else train_result.training_loss,
+        "peak_memory_bytes": run_directory.peak_memory_bytes(),
         "final_eval_loss": eval_loss,
-        "config": {**summary_config(data_args, clf_args, training_args, model_args), "max_length": max_length},
-        "provenance": provenance(seed=training_args.seed, data_files=files, base_model_hash=base_hash),
+        "config": {**run_directory.resolved_config(data_args, clf_args, model_args, training_args=training_args),
+                   "max_length": max_length},  # fmt: skip
+        "provenance": provenance(seed=training_args.seed, data_files=data.files, base_model_hash=base_hash),
         # Beyond the common keys
         "metrics": {split: headline(m) for split, m in report.items()},
         "pipeline_model": pipeline_model,
@@ -340,10 +265,9 @@ def train_head(
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "class_weights": weights,
         "max_length": max_length,
-        "global_step": trainer.state.global_step,
         "resumed_from": resume_from,
-        "train_loss_history": losses,
-        "records": data_report,
+        "records": data.reports,
+        "split": data.split,
         "examples": {split: len(ex) for split, ex in examples.items()},
         "shortened": {split: n for split, (_, n, _) in tokenized.items()},
     }
@@ -356,105 +280,74 @@ def train_head(
             output_dir / "classification_report.json",
             {"component": head.name, **report, "provenance": summary["provenance"]},
         )
-        write_run_summary(output_dir, summary)
+        run_directory.write_run_summary(output_dir, summary)
     logger.info("%s: %s", head.name, {split: headline(m) for split, m in report.items()})
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    data_args, clf_args, training_args, model_args = parse_args(argv)
-
-    # Seed and logging
-    set_seed(training_args.seed)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.enable_default_handler()
-    transformers.utils.logging.enable_explicit_format()
-    for lib_logger in (logger, logging.getLogger("reviewtune")):
-        lib_logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    method = check_model_args(model_args)
-
-    # Data: records per split, unusable ones dropped and counted; a seeded validation slice if none is given
-    task = get_task(
-        data_args.task,
-        instruction=data_args.instruction,
-        label_names=data_args.task_label_names,
-        keywords=data_args.keywords,
-    )
-    with training_args.main_process_first(desc="embedded default data"):
-        embedded = data_args.train_file is None
-        files = {
-            "train": data_args.train_file or defaults.default_file("train"),
-            "validation": data_args.validation_file or (defaults.default_file("validation") if embedded else None),
-            "test": data_args.test_file or (defaults.default_file("test") if embedded else None),
-        }
-    records, data_report = {}, {}
-    for split, path in files.items():
-        if path:
-            records[split], data_report[split] = load_records(path, task)
-    if "validation" not in records:
-        records["train"], records["validation"] = split_validation(
-            records["train"], data_args.validation_fraction, training_args.seed
-        )
-        data_report["validation"] = {"from": "train", "fraction": data_args.validation_fraction}
-    records["train"] = records["train"][: data_args.max_train_samples]
-    records["validation"] = records["validation"][: data_args.max_eval_samples]
-    logger.info("records: %s", {split: len(r) for split, r in records.items()})
-
-    # Base model: the suite's embedded RoBERTa pre-trained on this train file, or a named checkpoint
-    if model_args.model_name_or_path in (None, defaults.EMBEDDED):
-        from reviewtune.base_models import ensure_base_model
-
-        model_path, base_hash = ensure_base_model("roberta", files["train"])
-        model_path = str(model_path)
-    else:
-        model_path = model_args.model_name_or_path
-        base_hash = model_hash(model_path, model_args.model_revision)
-
-    # Train each head (one, or keywords + keyword_sentiment for aspects)
-    args = dict(data_args=data_args, clf_args=clf_args, training_args=training_args, model_args=model_args)
-    components = {
-        head.name: train_head(
-            head,
-            task,
-            records,
-            files=files,
-            data_report=data_report,
-            model_path=model_path,
-            base_hash=base_hash,
-            method=method,
-            **args,
-        )
-        for head in heads_for_task(task)
+def training_facts(trainer, train_result, tokenized) -> dict:
+    """Examples, time, tokens/s, losses and steps of one trained model (summary fields)."""
+    train_dataset, n_shortened, n_train_tokens = tokenized["train"]
+    runtime, epochs = train_result.metrics["train_runtime"], trainer.state.epoch or 0.0
+    losses = run_directory.loss_history(trainer)
+    return {
+        "train_examples": len(train_dataset),
+        "eval_examples": len(tokenized["validation"][0]),
+        "shortened_examples": n_shortened,
+        "train_runtime_s": runtime,
+        "train_tokens_per_s": n_train_tokens * epochs / runtime if runtime and epochs else None,
+        "final_train_loss": losses[-1][1] if losses else train_result.training_loss,
+        "global_step": trainer.state.global_step,
+        "train_loss_history": losses,
     }
-    out = Path(training_args.output_dir)
-    if task.name != "aspects":
-        summary = components[task.name]
-    elif training_args.process_index == 0:
-        summary = aspect_system_summary(out, task, components, records, **args)
-    else:
-        return {}
-
-    if training_args.process_index == 0:
-        print_samples(out, task, records.get("test") or records["validation"], clf_args.num_sample_predictions)
-        print(f"\nRun directory: {out}\nRun summary:   {out / 'run_summary.json'}")
-        print(f"Report:        {out / 'classification_report.json'}")
-        for name, s in components.items():
-            where = out if task.name != "aspects" else out / name
-            print(f"{name}: pipeline('text-classification', model='{where / s['pipeline_model']}')")
-        print(f"Metrics: {summary['metrics']}")
-    return summary
 
 
-def aspect_system_summary(out: Path, task, components, records, data_args, clf_args, training_args, model_args):
+def save_pipeline_model(trainer, output_dir: Path, task, method: str, tokenizer, train_examples: list[dict]) -> str:
+    """Task spec and token counts beside the model; for LoRA also ``merged/`` (the adapter merged into the base,
+    with config.json and id2label: what ``pipeline("text-classification")`` loads). Returns that directory's name."""
+    if not trainer.is_world_process_zero():
+        return "merged" if method == "lora" else "."
+    task.save(output_dir)
+    run_directory.save_token_frequencies(output_dir, (e["text"] for e in train_examples), tokenizer)
+    if method != "lora":
+        return "."
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    unwrapped.get_base_model().config.save_pretrained(output_dir)
+    merged = copy.deepcopy(unwrapped).merge_and_unload()
+    merged.save_pretrained(output_dir / "merged")
+    tokenizer.save_pretrained(output_dir / "merged")
+    task.save(output_dir / "merged")
+    return "merged"
+
+
+def evaluate_head(trainer, head: Head, tokenized: dict, clf_args) -> tuple[dict, list[float] | None, float | None]:
+    """Metrics of validation (+ test) with the trained model, the keyword thresholds tuned on validation, and the
+    validation loss."""
+    predictions = {
+        split: trainer.predict(tokenized[split][0], metric_key_prefix=split)
+        for split in ("validation", "test")
+        if split in tokenized
+    }
+    # Gold labels come with the predictions: with train_sampling_strategy group_by_length the Trainer also
+    # orders evaluation batches by length, so predictions are not in dataset order.
+    gold = {split: p.label_ids for split, p in predictions.items()}
+    thresholds, report = None, {}
+    if head.problem_type == MULTI_LABEL:
+        val_probs = probabilities(predictions["validation"].predictions, head)
+        tuned = clf_args.tune_thresholds
+        by_keyword = tune_thresholds(val_probs, gold["validation"], list(head.label_names)) if tuned else {}
+        thresholds = [by_keyword.get(k, DEFAULT_THRESHOLD) for k in head.label_names]
+        for split in predictions:
+            report[f"{split}_threshold_0.5"] = head_metrics(head, predictions[split].predictions, gold[split])
+    for split in predictions:
+        report[split] = head_metrics(head, predictions[split].predictions, gold[split], thresholds)
+    return report, thresholds, predictions["validation"].metrics.get("validation_loss")
+
+
+def aspect_system_summary(out: Path, task, components, data, data_args, clf_args, training_args, model_args):
     """Top-level outputs of the two-model aspect system, scored as one system by the harness's own code."""
-    from reviewtune.scoring import load_system, predict
+    from reviewtune.evaluation.predict import predict
+    from reviewtune.evaluation.systems import load_system
 
     first = components["keywords"]
     common = {
@@ -466,43 +359,47 @@ def aspect_system_summary(out: Path, task, components, records, data_args, clf_a
         "base_model_hash": first["base_model_hash"],
         "quantization": "none",
         "method": first["method"],
-        "train_examples": len(records["train"]),
-        "eval_examples": len(records["validation"]),
+        "train_examples": len(data.records["train"]),
+        "eval_examples": len(data.records["validation"]),
         "shortened_examples": sum(c["shortened_examples"] for c in components.values()),
         "trainable_params": sum(c["trainable_params"] for c in components.values()),
         "total_params": sum(c["total_params"] for c in components.values()),
         "train_runtime_s": sum(c["train_runtime_s"] for c in components.values()),
         "train_tokens_per_s": None,
-        "peak_memory_bytes": peak_memory_bytes(),
+        "peak_memory_bytes": run_directory.peak_memory_bytes(),
         "final_train_loss": None,  # two models: see components_summary
         "final_eval_loss": None,
-        "config": {**summary_config(data_args, clf_args, training_args, model_args), "max_length": first["max_length"]},
+        "config": {
+            **run_directory.resolved_config(data_args, clf_args, model_args, training_args=training_args),
+            "max_length": first["max_length"],
+        },
         "provenance": first["provenance"],
         "components_summary": {name: {k: c[k] for k in COMPONENT_KEYS} for name, c in components.items()},
         "records": first["records"],
+        "split": data.split,
     }
     tokens = [c["train_tokens_per_s"] * c["train_runtime_s"] for c in components.values() if c["train_tokens_per_s"]]
     if tokens and common["train_runtime_s"]:
         common["train_tokens_per_s"] = sum(tokens) / common["train_runtime_s"]
     task.save(out)
-    write_run_summary(out, {**common, "metrics": {}})  # the harness's loader reads it below
+    run_directory.write_run_summary(out, {**common, "metrics": {}})  # the harness's loader reads it below
 
     # System metrics: the saved run loaded and scored exactly as eval/compare.py does
     system = load_system(out)
     batch = training_args.per_device_eval_batch_size
     report = {}
     for split in ("validation", "test"):
-        if split in records:
-            preds = predict(system, records[split], batch_size=batch, progress=True)
-            report[split] = task_metrics(task, records[split], preds, n_resamples=0)
+        if split in data.records:
+            preds = predict(system, data.records[split], batch_size=batch, progress=True)
+            report[split] = task_metrics(task, data.records[split], preds, n_resamples=0)
     tokenizer = system.components["keywords"].tokenizer
-    save_token_frequencies(out, (r["text"] for r in records["train"]), tokenizer)
+    run_directory.save_token_frequencies(out, (r["text"] for r in data.records["train"]), tokenizer)
     note = "keyword thresholds were tuned on validation, so validation scores are optimistic; test is not"
     atomic_write_json(
         out / "classification_report.json", {"system": report, "note": note, "provenance": common["provenance"]}
     )
     summary = {**common, "metrics": {split: headline(m) for split, m in report.items()}}
-    write_run_summary(out, summary)
+    run_directory.write_run_summary(out, summary)
     return summary
 
 
@@ -510,7 +407,8 @@ def print_samples(out: Path, task, records: list[dict], n: int) -> None:
     """Predictions of the saved run (loaded as the harness loads it) on a few reviews."""
     if n <= 0:
         return
-    from reviewtune.scoring import load_system, predict
+    from reviewtune.evaluation.predict import predict
+    from reviewtune.evaluation.systems import load_system
 
     samples = records[:n]
     preds = predict(load_system(out), samples, batch_size=n, progress=False)

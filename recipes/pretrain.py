@@ -22,8 +22,9 @@ import transformers
 from trl import TrlParser
 
 from reviewtune.atomic import atomic_write_json
-from reviewtune.pretraining import PretrainArguments, pretrain
+from reviewtune.models.pretraining import pretrain
 from reviewtune.provenance import provenance
+from reviewtune.training.arguments import PretrainArguments
 
 logger = logging.getLogger(__name__)
 

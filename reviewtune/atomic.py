@@ -1,11 +1,14 @@
-"""Atomic file writes: write to a temp file in the same directory, then ``os.replace``."""
+"""Atomic writes: a file or a whole directory is written under a temporary name beside its place, then renamed into
+place, so readers see the old version or the complete new one, never half of it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Build a directory in the block at the path this yields (a temporary one beside ``path``); when the block
+    ends without an error it becomes ``path`` (replacing an existing one if ``replace``), else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{temporary_prefix(path)}"))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it the permissions of any new directory
+    try:
+        yield tmp
+        if path.exists():
+            if not replace:
+                raise FileExistsError(f"{path} exists")
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """Name prefix of the temporary directories :func:`atomic_directory` builds for ``path``."""
+    return f".{Path(path).name}.tmp-"
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -21,15 +21,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.atomic import atomic_directory, atomic_write_json, read_json, temporary_prefix
 from reviewtune.defaults import home
-from reviewtune.pretraining import KINDS, PretrainArguments
 from reviewtune.provenance import file_sha256, provenance
+from reviewtune.training.arguments import KINDS, PretrainArguments
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def _let_rank0_build_first(final: Path, patience_s: float = 30.0) -> None:
         return
     deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
-        if (final / MANIFEST).is_file() or any(final.parent.glob(f".{final.name}.building-*")):
+        if (final / MANIFEST).is_file() or any(final.parent.glob(f"{temporary_prefix(final)}*")):
             return
         time.sleep(0.2)
 
@@ -170,7 +169,8 @@ def _child_env() -> dict[str, str]:
 _CHILD = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-from reviewtune.pretraining import PretrainArguments, pretrain
+from reviewtune.models.pretraining import pretrain
+from reviewtune.training.arguments import PretrainArguments
 pretrain(PretrainArguments(**json.loads(sys.argv[1])), sys.argv[2])
 """
 
@@ -215,14 +215,12 @@ def ensure_base_model(
             return final, model_hash
         if final.exists():
             raise RuntimeError(f"{final} exists but has no {MANIFEST}; it was not built by reviewtune, remove it")
-        for stale in final.parent.glob(f".{final.name}.building-*"):  # left by a killed build (we hold the lock)
+        for stale in final.parent.glob(f"{temporary_prefix(final)}*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         logger.warning(
             "building embedded base model %s from %s (cached at %s); this happens once", kind, corpus_file, final
         )
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building-"))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other directory
-        try:
+        with atomic_directory(final, replace=False) as tmp:  # readers never see a half-built model
             summary = _build(args, tmp)
             manifest = {
                 "kind": kind,
@@ -236,10 +234,6 @@ def ensure_base_model(
                 ),
             }
             atomic_write_json(tmp / MANIFEST, manifest)
-            os.rename(tmp, final)  # atomic; readers never see a half-built model
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     logger.info(
         "built embedded %s base model in %.2f min: loss %.3f -> %.3f (%s)",
         kind,

@@ -1,7 +1,7 @@
 """Where the embedded default lives: ``REVIEWTUNE_HOME`` (default ``~/.cache/reviewtune``).
 
 ``default_data_dir()`` is the bundled synthetic shopping-review data, written by the same
-``reviewtune.sources.prepare`` code path as ``data_prep/prepare.py --source synthetic --task aspects``
+``reviewtune.data.prepare`` code path as ``data_prep/prepare.py --source synthetic --task aspects``
 into ``home()/data/synthetic-<hash>/{train,validation,test}``. The hash covers the seed, the size and
 the code that makes the data, so a change gives a new directory and an existing one is never rebuilt
 in place; it is built once, under a file lock, in a temp dir renamed into place when complete.
@@ -12,18 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
+
+from reviewtune.atomic import atomic_directory
 
 EMBEDDED = "embedded"  # model_name_or_path value meaning "the suite's own pre-trained base"
 DEFAULT_SEED = 0
 DEFAULT_N = 10000
 DEFAULT_SPLITS = ("train", "validation", "test")
 # Modules whose code decides the content of the default data directory.
-_DATA_CODE = ("synthetic.py", "sources.py", "records.py", "prompts.py", "tasks.py")
+_DATA_CODE = (
+    "data/synthetic.py", "data/readers.py", "data/record_builder.py", "data/rows.py", "data/decoding.py",
+    "data/prepare.py", "records.py", "prompts.py", "tasks.py",
+)  # fmt: skip
 
 
 def home() -> Path:
@@ -45,7 +48,7 @@ def default_data_hash(seed: int = DEFAULT_SEED, n: int = DEFAULT_N) -> str:
 def default_data_dir(seed: int = DEFAULT_SEED, n: int = DEFAULT_N) -> Path:
     """The embedded default data directory (built on first use): ``<split>/records.jsonl`` + ``instructions.jsonl``
     for train / validation / test, and ``prep_report.json``."""
-    from reviewtune.sources import prepare  # imported here: sources imports the heavier libraries
+    from reviewtune.data.prepare import prepare  # imported here: the readers import the heavier libraries
 
     root = home() / "data"
     final = root / f"synthetic-{default_data_hash(seed, n)}"
@@ -55,16 +58,9 @@ def default_data_dir(seed: int = DEFAULT_SEED, n: int = DEFAULT_N) -> Path:
     with FileLock(str(root / f".{final.name}.lock")):
         if (final / "prep_report.json").is_file():  # another process built it while we waited
             return final
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any other directory
-        try:
+        # An existing ``final`` here has no prep_report.json: an incomplete leftover, never a finished build.
+        with atomic_directory(final) as tmp:
             prepare("synthetic", None, "aspects", tmp, seed=seed, n=n, strict=True)
-            if final.exists():  # an incomplete leftover (no prep_report.json): never a finished build
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return final
 
 

@@ -38,6 +38,27 @@ def format_answer(record: dict, task: TaskSpec) -> str:
     raise ValueError(f"unknown task {task.name!r}")
 
 
+def fit_prompt(review: str, task: TaskSpec, tokenizer, max_tokens: int | None, suffix: str = "") -> tuple[str, bool]:
+    """``build_prompt``, with the review (never the template, nor ``suffix`` after the prompt) cut so that
+    ``prompt + suffix`` is at most ``max_tokens`` tokens; returns ``(prompt, shortened)``.
+
+    The one place a review is cut: training examples (``suffix`` = the answer) and every scoring mode.
+    """
+    prompt = build_prompt(review, task)
+    if tokenizer is None or max_tokens is None:
+        return prompt, False
+    n = len(tokenizer(prompt + suffix)["input_ids"])
+    if n <= max_tokens:
+        return prompt, False
+    review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
+    budget = max(0, len(review_ids) - (n - max_tokens))
+    while True:  # decoding a prefix of ids and re-tokenising can differ by a token; shrink until it fits
+        prompt = build_prompt(tokenizer.decode(review_ids[:budget], skip_special_tokens=True), task)
+        if budget == 0 or len(tokenizer(prompt + suffix)["input_ids"]) <= max_tokens:
+            return prompt, True
+        budget -= 1
+
+
 def to_instruction(record: dict, task: TaskSpec, tokenizer=None, max_length: int | None = None) -> dict:
     """Prompt/completion pair for a record, with ``shortened`` telling whether the review was cut.
 
@@ -45,24 +66,9 @@ def to_instruction(record: dict, task: TaskSpec, tokenizer=None, max_length: int
     that leaves room for the template, the answer and the end-of-sequence token: trl truncates from
     the end, which would cut the answer first.
     """
-    review = record["text"]
     completion = " " + format_answer(record, task)
-    prompt = build_prompt(review, task)
-    shortened = False
-    if tokenizer is not None and max_length is not None:
-        n_total = len(tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]) + 1  # + eos
-        if n_total > max_length:
-            review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
-            budget = max(0, len(review_ids) - (n_total - max_length))
-            # Decoding a prefix of ids and re-tokenising can differ by a token; shrink until it fits.
-            while True:
-                review_cut = tokenizer.decode(review_ids[:budget], skip_special_tokens=True)
-                prompt = build_prompt(review_cut, task)
-                n = len(tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]) + 1
-                if n <= max_length or budget == 0:
-                    break
-                budget -= 1
-            shortened = True
+    budget = None if max_length is None else max_length - 1  # - 1: the end-of-sequence token trl appends
+    prompt, shortened = fit_prompt(record["text"], task, tokenizer, budget, suffix=completion)
     return {"prompt": prompt, "completion": completion, "shortened": shortened}
 
 

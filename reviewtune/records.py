@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from reviewtune.atomic import atomic_write_jsonl, read_jsonl
 from reviewtune.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 RECORD_KEYS = ("id", "text", "sentiment", "aspects", "score", "meta")
 
@@ -91,3 +96,28 @@ def read_records(path: str | Path) -> list[dict]:
 
 def write_records(path: str | Path, records: list[dict]) -> Path:
     return atomic_write_jsonl(path, records)
+
+
+def keep_usable(records: Iterable[dict], task: TaskSpec) -> tuple[list[dict], dict[str, int]]:
+    """The records usable for ``task``, and how many others were dropped, by reason (``drop_reason``)."""
+    kept, dropped = [], Counter()
+    for record in records:
+        reason = drop_reason(record, task)
+        if reason is None:
+            kept.append(record)
+        else:
+            dropped[reason] += 1
+    return kept, dict(sorted(dropped.items()))
+
+
+def load_task_records(path: str | Path, task: TaskSpec) -> tuple[list[dict], dict[str, Any]]:
+    """Records of ``path`` usable for ``task``, and ``{"path", "read", "kept", "dropped": {reason: n}}``
+    (read = kept + dropped, always); a file with no usable record is an error naming it."""
+    records = read_records(path)
+    kept, dropped = keep_usable(records, task)
+    report = {"path": str(path), "read": len(records), "kept": len(kept), "dropped": dropped}
+    if not kept:
+        raise ValueError(f"{path}: none of {len(records)} records is usable for task {task.name} (dropped: {dropped})")
+    if dropped:
+        logger.warning("%s: dropped %d of %d records: %s", path, sum(dropped.values()), len(records), dropped)
+    return kept, report

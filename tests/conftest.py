@@ -1,7 +1,7 @@
 """Shared fixtures: offline mode, modest threads, an isolated cache, and tiny pre-trained base models.
 
 ``tiny_causal_dir`` / ``tiny_roberta_dir`` are real (tiny) models pre-trained for a few steps by
-``reviewtune.pretraining`` on a Korean review corpus the fixture writes itself; each builds in seconds
+``reviewtune.models.pretraining`` on a Korean review corpus the fixture writes itself; each builds in seconds
 and loads with ``AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` + ``AutoTokenizer``.
 """
 
@@ -41,7 +41,7 @@ TINY_MODEL = dict(
 
 
 def _fallback_reviews(n: int, seed: int = 0) -> list[str]:
-    """Short shopping-review-like sentences, used when ``reviewtune.synthetic`` is not available."""
+    """Short shopping-review-like sentences, used when ``reviewtune.data.synthetic`` is not available."""
     rng = random.Random(seed)
     keywords = ["가격", "디자인", "배송", "사이즈", "색상", "소재", "착용감", "품질", "길이", "스타일"]
     good = ["좋아요", "만족해요", "최고예요", "예뻐요", "딱 맞아요", "괜찮네요", "마음에 들어요"]
@@ -59,7 +59,7 @@ def _fallback_reviews(n: int, seed: int = 0) -> list[str]:
 def tiny_corpus_texts(n: int = 400) -> list[str]:
     """Training texts for the tiny models: the synthetic train split if the generator exists, else fallback."""
     try:
-        from reviewtune.synthetic import synthetic_splits
+        from reviewtune.data.synthetic import synthetic_splits
     except ImportError:
         return _fallback_reviews(n)
     return [r["text"] for r in synthetic_splits(n=n, seed=0)["train"]]
@@ -93,7 +93,8 @@ def tiny_corpus_file(tmp_path_factory):
 
 
 def _build_tiny(kind: str, corpus_file, tmp_path_factory):
-    from reviewtune.pretraining import PretrainArguments, pretrain
+    from reviewtune.models.pretraining import pretrain
+    from reviewtune.training.arguments import PretrainArguments
 
     out = tmp_path_factory.mktemp(f"tiny_{kind}")
     summary = pretrain(PretrainArguments(kind=kind, corpus_file=str(corpus_file), **TINY_MODEL), out)

@@ -183,7 +183,7 @@ def test_fsdp_qlora_plugin_builds_from_the_config():
     assert "transformer_auto_wrap_policy" in getattr(plugin.auto_wrap_policy, "__name__", str(plugin.auto_wrap_policy))
 
 
-# -------------------------------------------- quantisation settings follow the config (reviewtune.quantization)
+# -------------------------------------------- quantisation settings follow the config (reviewtune.models.quantization)
 
 # config -> (distributed mode the SFT recipe sees, 4-bit weights sharded with the model)
 MODES = {
@@ -208,7 +208,7 @@ def test_recipe_quantisation_follows_the_config(name, tmp_path, clean_state):
     """As on a GPU node: quant storage = model dtype and no device_map exactly where the model is sharded."""
     import torch
 
-    from reviewtune.model_loading import distributed_mode, model_loading_kwargs
+    from reviewtune.models.loading import distributed_mode, model_loading_kwargs
 
     mode, sharded = MODES[name]
     _, env = launcher_env(CONFIG_DIR / name)
@@ -235,7 +235,7 @@ def test_recipe_quantisation_follows_the_config(name, tmp_path, clean_state):
 
 @pytest.mark.parametrize("name", ["deepspeed_zero3_qlora.yaml", "deepspeed_zero3.yaml", "fsdp_qlora.yaml"])
 def test_sharded_config_refuses_quant_storage_unlike_the_model_dtype(name, tmp_path, clean_state):
-    from reviewtune.model_loading import check_configuration
+    from reviewtune.models.loading import check_configuration
 
     _, env = launcher_env(CONFIG_DIR / name)
     with mock.patch.dict(os.environ, env):
@@ -250,7 +250,7 @@ def test_sharded_config_refuses_quant_storage_unlike_the_model_dtype(name, tmp_p
 
 @pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "multi_gpu.yaml", "single_gpu.yaml"])
 def test_unsharded_config_accepts_uint8_storage(name, tmp_path, clean_state):
-    from reviewtune.model_loading import check_configuration
+    from reviewtune.models.loading import check_configuration
 
     _, env = launcher_env(CONFIG_DIR / name)
     with mock.patch.dict(os.environ, env):

@@ -4,8 +4,9 @@ import itertools
 
 import pytest
 
-from reviewtune.baselines import fit_baseline
-from reviewtune.metrics import PREDICTION_KEYS, task_metrics
+from reviewtune.evaluation.baselines import fit_baseline
+from reviewtune.evaluation.metrics import task_metrics
+from reviewtune.evaluation.prediction_schema import PREDICTION_KEYS
 from reviewtune.records import make_record
 from reviewtune.tasks import get_task
 

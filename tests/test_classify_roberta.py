@@ -1,4 +1,4 @@
-"""recipes/classify_roberta.py and reviewtune.classifier on tiny models and data the tests write."""
+"""recipes/classify_roberta.py and reviewtune.training.classifier_heads on tiny models and data the tests write."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from reviewtune.atomic import read_json
-from reviewtune.classifier import (
+from reviewtune.data.splits import hold_out_validation
+from reviewtune.records import load_task_records, make_record, write_records
+from reviewtune.tasks import get_task
+from reviewtune.training.classifier_heads import (
     MULTI_LABEL,
     REGRESSION,
     SINGLE_LABEL,
@@ -20,17 +23,11 @@ from reviewtune.classifier import (
     class_weights,
     head_metrics,
     heads_for_task,
-    load_records,
-    load_thresholds,
     lora_config,
     model_max_length,
-    save_thresholds,
-    split_validation,
-    tune_thresholds,
 )
-from reviewtune.records import make_record, write_records
-from reviewtune.run_summary import SUMMARY_KEYS
-from reviewtune.tasks import get_task
+from reviewtune.training.run_directory import SUMMARY_KEYS
+from reviewtune.training.thresholds import load_thresholds, save_thresholds, tune_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("classify_*.yaml"))
@@ -175,11 +172,11 @@ def test_load_records_counts_every_dropped_row(tmp_path):
     rows = [make_record("1", "좋아요", sentiment=1), make_record("2", "", sentiment=0),
             make_record("3", "별로", sentiment=None), make_record("4", "음", sentiment=7)]  # fmt: skip
     path = write_records(tmp_path / "r.jsonl", rows)
-    kept, report = load_records(path, task)
+    kept, report = load_task_records(path, task)
     assert [r["id"] for r in kept] == ["1"]
     assert report["read"] == 4 == report["kept"] + sum(report["dropped"].values())
     assert report["dropped"] == {"empty_text": 1, "missing_label": 1, "unknown_label": 1}
-    train, val = split_validation([make_record(str(i), "x", sentiment=0) for i in range(20)], 0.25, seed=3)
+    train, val = hold_out_validation([make_record(str(i), "x", sentiment=0) for i in range(20)], 0.25, seed=3)
     assert (len(train), len(val)) == (15, 5) and not {r["id"] for r in train} & {r["id"] for r in val}
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from test_scoring import TEXTS, make_classifier_run, make_generative_run, test_records
 
-from reviewtune import cost as cost_mod
-from reviewtune.baselines import fit_baseline
-from reviewtune.cost import SystemSpec, score_and_measure
+from reviewtune.evaluation import cost as cost_mod
+from reviewtune.evaluation.baselines import fit_baseline
+from reviewtune.evaluation.cost import SystemSpec, score_and_measure
 from reviewtune.records import make_record, write_records
-from reviewtune.report import COST_KEYS
+from reviewtune.report.schema import COST_KEYS
 from reviewtune.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent

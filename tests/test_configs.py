@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from trl import TrlParser
 
-from reviewtune.pretraining import PretrainArguments
+from reviewtune.training.arguments import PretrainArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reviewtune.generation import generate_answers, label_loglik, loglik_probs
+from reviewtune.evaluation.generation import generate_answers, label_loglik, loglik_probs
 
 PROMPTS = [
     "###입력: 배송이 빨라요\n###명령어: 리뷰를 분석해줘\n###출력:",

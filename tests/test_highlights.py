@@ -13,8 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reviewtune.atomic import atomic_write_json
-from reviewtune.highlights import (
+from reviewtune.analysis.highlights import (
     CAUSAL_REPLACEMENT,
     NotApplicable,
     decisive_span,
@@ -23,9 +22,10 @@ from reviewtune.highlights import (
     occlude,
     occluded_variants,
 )
-from reviewtune.run_summary import save_token_frequencies
-from reviewtune.scoring import load_system
+from reviewtune.atomic import atomic_write_json
+from reviewtune.evaluation.systems import load_system
 from reviewtune.tasks import get_task
+from reviewtune.training.run_directory import save_token_frequencies
 
 
 def _load_cli(name: str, path: Path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from reviewtune.metrics import (
+from reviewtune.evaluation.metrics import (
     aspect_metrics,
     bootstrap_ci,
     classification_metrics,

@@ -55,12 +55,13 @@ spec.loader.exec_module(recipe)
 rank = int(os.environ.get("RANK", 0))
 runs, writes = [], []
 
-for name in ("write_run_summary", "save_token_frequencies", "atomic_write_json"):
-    if hasattr(recipe, name):
-        def wrapped(*args, _f=getattr(recipe, name), _name=name, **kwargs):
-            writes.append(_name)
-            return _f(*args, **kwargs)
-        setattr(recipe, name, wrapped)
+for owner in (recipe, getattr(recipe, "run_directory", None)):  # the recipe's names, or its run_directory module's
+    for name in ("write_run_summary", "save_token_frequencies", "atomic_write_json"):
+        if owner is not None and hasattr(owner, name):
+            def wrapped(*args, _f=getattr(owner, name), _name=name, **kwargs):
+                writes.append(_name)
+                return _f(*args, **kwargs)
+            setattr(owner, name, wrapped)
 
 Base = getattr(recipe, trainer_attr)
 
@@ -122,7 +123,7 @@ def probe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from reviewtune.synthetic import synthetic_splits
+    from reviewtune.data.synthetic import synthetic_splits
 
     d = tmp_path_factory.mktemp("mp_data")
     for split, records in synthetic_splits(n=100, seed=3).items():

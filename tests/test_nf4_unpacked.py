@@ -22,8 +22,8 @@ import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from trl import ModelConfig, SFTConfig
 
-from reviewtune.model_loading import load_causal_lm, load_trained_for_generation
-from reviewtune.scoring import load_system
+from reviewtune.evaluation.systems import load_system
+from reviewtune.models.loading import load_causal_lm, load_trained_for_generation
 from reviewtune.tasks import DEFAULT_KEYWORDS
 
 ROOT = Path(__file__).resolve().parents[1]

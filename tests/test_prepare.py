@@ -1,4 +1,4 @@
-"""The data CLI (``data_prep/prepare.py``), ``sources.prepare`` outputs, splits, and the embedded default data."""
+"""The data CLI (``data_prep/prepare.py``), ``reviewtune.data.prepare`` outputs, splits, the embedded default data."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from reviewtune.atomic import read_json, read_jsonl
+from reviewtune.data.prepare import DataError, prepare
+from reviewtune.data.splits import parse_split_spec
 from reviewtune.records import read_records
-from reviewtune.sources import DataError, parse_split_spec, prepare
 from reviewtune.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,13 +175,13 @@ def test_default_data_dir_is_built_once(tmp_path, monkeypatch):
 
     monkeypatch.setenv("REVIEWTUNE_HOME", str(tmp_path / "home"))
     results, calls = [], collections.Counter()
-    real_prepare = __import__("reviewtune.sources", fromlist=["prepare"]).prepare
+    real_prepare = __import__("reviewtune.data.prepare", fromlist=["prepare"]).prepare
 
     def counting_prepare(*args, **kwargs):
         calls["prepare"] += 1
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr("reviewtune.sources.prepare", counting_prepare)
+    monkeypatch.setattr("reviewtune.data.prepare.prepare", counting_prepare)
     threads = [
         threading.Thread(target=lambda: results.append(defaults.default_data_dir(seed=0, n=120))) for _ in range(3)
     ]

@@ -24,7 +24,8 @@ from reviewtune.base_models import (
     default_pretrain_args,
     ensure_base_model,
 )
-from reviewtune.pretraining import PretrainArguments, read_corpus, read_corpus_counts, train_tokenizer
+from reviewtune.models.pretraining import read_corpus, read_corpus_counts, train_tokenizer
+from reviewtune.training.arguments import PretrainArguments
 
 ROOT = Path(__file__).resolve().parent.parent
 KOREAN = ["배송이 빨라요 ㅋㅋ 근데 사이즈는 좀 작아요ㅠㅠ", "색상  예뻐요!! 😀", "###입력: 가격 착해요\n###출력: 가격1"]
@@ -110,7 +111,7 @@ def test_roberta_tokenizer_round_trips_korean_with_roberta_specials(tiny_roberta
 
 @pytest.mark.parametrize("kind", ["causal", "roberta"])
 def test_pack_blocks_packed_and_unpacked(kind, tiny_causal_dir, tiny_roberta_dir):
-    from reviewtune.pretraining import pack_blocks
+    from reviewtune.models.pretraining import pack_blocks
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_dir if kind == "causal" else tiny_roberta_dir)
     start, end = (tok.bos_token_id, tok.eos_token_id) if kind == "causal" else (tok.cls_token_id, tok.sep_token_id)
@@ -145,7 +146,7 @@ def test_train_new_from_iterator_adapts_an_existing_tokenizer(tiny_causal_dir):
 
 
 def test_time_budget_stops_training_early(tiny_corpus_file, tmp_path, tiny_args):
-    from reviewtune.pretraining import pretrain
+    from reviewtune.models.pretraining import pretrain
 
     args = tiny_args("causal", corpus_file=str(tiny_corpus_file), max_steps=10_000, max_minutes=0.02)
     start = time.monotonic()
@@ -245,7 +246,7 @@ def test_ensure_base_model_builds_once_then_reuses(tiny_corpus_file, monkeypatch
     assert manifest["hash"] == h and manifest["kind"] == "roberta"
     assert manifest["summary"]["final_eval_loss"] < manifest["summary"]["initial_eval_loss"]
     assert manifest["provenance"]["data_files"]["corpus"]["sha256"]
-    assert not [p for p in cache_root().iterdir() if ".building-" in p.name]  # temp dir renamed away
+    assert not [p for p in cache_root().iterdir() if ".tmp-" in p.name]  # temp dir renamed away
     AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     mtime = (path / "model.safetensors").stat().st_mtime_ns
 

@@ -1,4 +1,4 @@
-"""Quantisation settings by method and distributed mode (reviewtune.quantization), and real NF4 loading."""
+"""Quantisation settings by method and distributed mode (reviewtune.models.quantization), and real NF4 loading."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from trl import ModelConfig, SFTConfig
 
-from reviewtune.model_loading import (
+from reviewtune.models.loading import (
     bnb_config,
     check_configuration,
     distributed_mode,
@@ -15,7 +15,7 @@ from reviewtune.model_loading import (
     model_loading_kwargs,
     training_method,
 )
-from reviewtune.quantization import compute_dtype
+from reviewtune.models.quantization import compute_dtype
 
 
 def _args(tmp_path, **kw) -> SFTConfig:

@@ -6,17 +6,13 @@ import re
 
 import pytest
 
-from reviewtune.baselines import fit_baseline
-from reviewtune.metrics import task_metrics
+from reviewtune.evaluation.baselines import fit_baseline
+from reviewtune.evaluation.metrics import task_metrics
 from reviewtune.records import make_record
-from reviewtune.report import (
-    COST_KEYS,
-    disagreement_examples,
-    recommendation,
-    render_markdown,
-    validate_report_schema,
-    write_report,
-)
+from reviewtune.report.comparisons import disagreement_examples, recommendation
+from reviewtune.report.markdown import render_markdown
+from reviewtune.report.schema import COST_KEYS, validate_report_schema
+from reviewtune.report.write import write_report
 from reviewtune.tasks import get_task
 
 GOOD = ["정말 좋아요", "아주 좋아요", "너무 좋아요 최고", "좋아요 만족"]

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from reviewtune import scoring
 from reviewtune.atomic import atomic_write_json
-from reviewtune.metrics import PREDICTION_KEYS, task_metrics
-from reviewtune.prompts import build_prompt, keyword_input
+from reviewtune.evaluation import predict as predict_module
+from reviewtune.evaluation.metrics import task_metrics
+from reviewtune.evaluation.predict import predict
+from reviewtune.evaluation.prediction_schema import PREDICTION_KEYS
+from reviewtune.evaluation.systems import load_system
+from reviewtune.prompts import build_prompt, fit_prompt, keyword_input
 from reviewtune.records import make_record, write_records
-from reviewtune.scoring import load_system, predict
 from reviewtune.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +196,7 @@ def test_malformed_generations_are_invalid_not_errors(gen_run, monkeypatch):
         seen["prompts"] = prompts
         return answers
 
-    monkeypatch.setattr(scoring, "generate_answers", fake_generate)
+    monkeypatch.setattr(predict_module, "generate_answers", fake_generate)
     records = test_records()
     preds = predict(system, records, scoring="generate", progress=False)
     assert seen["prompts"] == [build_prompt(r["text"], system.task) for r in records]
@@ -229,7 +231,7 @@ def test_long_reviews_are_cut_to_the_trained_length(gen_run):
     long = [make_record("long", "배송이 너무 느려요 " * 200, sentiment=0)]
     (p,) = predict(system, long, scoring="loglik", progress=False)
     assert sum(p["probs"]) == pytest.approx(1.0)
-    prompt = scoring.fit_prompt(long[0]["text"], system.task, system.tokenizer, system.max_length)
+    prompt, _ = fit_prompt(long[0]["text"], system.task, system.tokenizer, system.max_length)
     n = len(system.tokenizer(prompt)["input_ids"])
     assert system.max_length - 5 <= n <= system.max_length and prompt.endswith("###출력:")
     assert prompt.startswith("###입력: 배송이 너무 느려요")

@@ -12,13 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reviewtune.atomic import atomic_write_json, atomic_write_jsonl, read_json
-from reviewtune.classifier import save_thresholds
-from reviewtune.highlights import encoder_outputs, keyword_probabilities
-from reviewtune.records import make_record, read_records, write_records
-from reviewtune.run_summary import save_token_frequencies
-from reviewtune.scoring import load_system
-from reviewtune.selection import (
+from reviewtune.analysis.highlights import encoder_outputs, keyword_probabilities
+from reviewtune.analysis.selection import (
     entropy_uncertainty,
     keyword_uncertainty,
     least_confidence,
@@ -30,7 +25,12 @@ from reviewtune.selection import (
     rare_tokens,
     select,
 )
+from reviewtune.atomic import atomic_write_json, atomic_write_jsonl, read_json
+from reviewtune.evaluation.systems import load_system
+from reviewtune.records import make_record, read_records, write_records
 from reviewtune.tasks import get_task
+from reviewtune.training.run_directory import save_token_frequencies
+from reviewtune.training.thresholds import save_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_TEXTS = ["배송 빠르고 좋아요", "사이즈 잘 맞아요", "색상 예뻐요 만족해요", "배송 느려요 별로예요"] * 5

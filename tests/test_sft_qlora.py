@@ -14,13 +14,13 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from reviewtune.generation import generate_answers
-from reviewtune.model_loading import adapters_follow_compute_dtype, load_causal_lm, load_trained_for_generation
+from reviewtune.evaluation.generation import generate_answers
+from reviewtune.models.loading import adapters_follow_compute_dtype, load_causal_lm, load_trained_for_generation
+from reviewtune.models.quantization import keep_4bit_weights_unpacked
 from reviewtune.prompts import to_instruction
-from reviewtune.quantization import keep_4bit_weights_unpacked
-from reviewtune.run_summary import SUMMARY_KEYS
-from reviewtune.sft_data import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
 from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
+from reviewtune.training.run_directory import SUMMARY_KEYS
+from reviewtune.training.sft_examples import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sft_qlora.py"

@@ -8,7 +8,9 @@ import unicodedata
 
 import pytest
 
-from reviewtune.sources import DataError, PrepReport, decode_file, read_source
+from reviewtune.data.decoding import DataError, decode_file
+from reviewtune.data.readers import read_source
+from reviewtune.data.record_builder import PrepReport
 from reviewtune.tasks import get_task
 
 NSMC_HEADER = "id\tdocument\tlabel\n"

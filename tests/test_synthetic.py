@@ -10,9 +10,7 @@ from collections import Counter
 
 import pytest
 
-from reviewtune.prompts import format_answer, parse_answer
-from reviewtune.records import drop_reason
-from reviewtune.synthetic import (
+from reviewtune.data.synthetic import (
     _CLASSES,
     _EVAL,
     _GENERIC,
@@ -26,6 +24,8 @@ from reviewtune.synthetic import (
     generate_review,
     synthetic_splits,
 )
+from reviewtune.prompts import format_answer, parse_answer
+from reviewtune.records import drop_reason
 from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
 
 CUSTOM = ["포장", "향", "USB포트", "배송"]  # three without a lexicon entry, one with
@@ -222,7 +222,7 @@ def test_noise_never_creates_template_words():
     vocab |= {w for _, own in _LEXICON.values() for specs in own.values() for s in specs for w in _squash(s).split("|")}
     vocab |= {a for by in _CLASSES.values() for advs in by.values() for a in advs if a}
     vocab |= {w for specs in _EVAL.values() for s in specs for w in s.split("|")}
-    from reviewtune.synthetic import _TYPOS
+    from reviewtune.data.synthetic import _TYPOS
 
     for _, replacement in _TYPOS:
         assert not any(replacement in w for w in vocab), replacement

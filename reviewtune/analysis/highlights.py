@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
-from reviewtune.report import MIN_DROP, SPAN_FRACTION, marked_words
-from reviewtune.scoring import LOGLIK_TASKS, System, predict
+from reviewtune.evaluation.predict import predict
+from reviewtune.evaluation.systems import LOGLIK_TASKS, System
+from reviewtune.report.html import MIN_DROP, SPAN_FRACTION, marked_words
 from reviewtune.tasks import TaskSpec
 
 CAUSAL_REPLACEMENT = "_"
@@ -171,7 +173,7 @@ def keyword_probabilities(
     names = [str(kw.model.config.id2label[i]) for i in range(kw.model.config.num_labels)]
     cols = [names.index(k) for k in system.task.keywords]
     logits, _ = encoder_outputs(kw, texts, batch_size, progress=progress)
-    return 1 / (1 + np.exp(-logits[:, cols])), np.asarray(kw.thresholds, dtype=float)[cols]
+    return expit(logits[:, cols]), np.asarray(kw.thresholds, dtype=float)[cols]
 
 
 # ----------------------------------------------------------------------------------------- occlusion

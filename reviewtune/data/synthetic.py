@@ -314,7 +314,7 @@ def synthetic_splits(
 
     out: dict[str, list[dict]] = {}
     for split, size in sizes.items():
-        rng = random.Random(f"reviewtune.synthetic:{seed}:{split}")  # str seeds hash with SHA-512: stable
+        rng = random.Random(f"reviewtune.data.synthetic:{seed}:{split}")  # str seeds hash with SHA-512: stable
         phrasing = "test" if split == "test" else "train"
         records = []
         for i in range(1, size + 1):

@@ -16,16 +16,15 @@ import os
 import time
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reviewtune.atomic import atomic_write_bytes, atomic_write_json
 from reviewtune.provenance import provenance
+from reviewtune.training.arguments import KINDS, PretrainArguments
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("causal", "roberta")
 DIM_MULTIPLE = 64  # model dimensions are rounded up to this (see build_model)
 CAUSAL_SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 # RoBERTa's own order: <s>=0, <pad>=1, </s>=2, <unk>=3; <mask> last.
@@ -36,75 +35,6 @@ ROBERTA_SPECIAL_TOKENS = {
     "unk_token": "<unk>",
     "mask_token": "<mask>",
 }
-
-
-@dataclass
-class PretrainArguments:
-    """Tokenizer, architecture and budget of one pre-training run (YAML keys map 1:1 onto these fields)."""
-
-    # Data
-    kind: str = field(default="causal", metadata={"help": "causal (small Llama, CLM) or roberta (MLM)."})
-    corpus_file: str | None = field(
-        default=None,
-        metadata={"help": "records.jsonl ('text' field), .txt or .txt.gz (one text per line), or NSMC TSV."},
-    )
-    max_corpus_texts: int | None = field(default=None, metadata={"help": "Use at most this many texts (first N)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where the model directory is written."})
-    # Tokenizer
-    tokenizer_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Adapt this (local) tokenizer with train_new_from_iterator instead of a new byte-level BPE."},
-    )
-    vocab_size: int = field(default=8000, metadata={"help": "Target vocabulary size (smaller if the corpus is small)."})
-    min_frequency: int = field(default=2, metadata={"help": "Minimum pair frequency for a BPE merge."})
-    # Model
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 704
-    max_seq_length: int = field(
-        default=128, metadata={"help": "Length of the packed training blocks (tokens); unpacked texts are cut to it."}
-    )
-    packing: bool = field(
-        default=True, metadata={"help": "Pack texts into full blocks; else one padded sequence per text."}
-    )
-    max_position_embeddings: int = field(
-        default=512, metadata={"help": "Longest input the model accepts later (fine-tuning prompts)."}
-    )
-    mlm_probability: float = field(default=0.15, metadata={"help": "Masking rate for the roberta kind."})
-    dropout: float = field(
-        default=0.0,
-        metadata={
-            "help": "Dropout while pre-training (none suits short runs); saved configs get 0.1 (roberta), 0 (causal)."
-        },
-    )
-    # Training
-    max_steps: int = field(default=200, metadata={"help": "Optimizer steps (upper bound)."})
-    max_minutes: float | None = field(
-        default=None, metadata={"help": "Wall-clock budget for the training loop; stops early when reached."}
-    )
-    learning_rate: float = 1e-3
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
-    per_device_train_batch_size: int = 32
-    eval_blocks: int = field(
-        default=32, metadata={"help": "Held out to measure the loss before/after: this many blocks' worth of tokens."}
-    )
-    logging_steps: int = 5
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.max_seq_length > self.max_position_embeddings:
-            raise ValueError(
-                f"max_seq_length {self.max_seq_length} exceeds max_position_embeddings {self.max_position_embeddings}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -493,7 +423,8 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         "tokens": n_tokens,
         "train_sequences": len(train_ds),
         "eval_sequences": n_eval,
-        "vocab_size": len(tokenizer),
+        "vocab_size": model.config.vocab_size,  # embedding rows: the tokenizer's, padded to a multiple of 64
+        "tokenizer_size": len(tokenizer),
         "num_parameters": n_params,
         "device": "cuda" if use_cuda else "cpu",
         "torch_threads": torch.get_num_threads(),

@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reviewtune.atomic import read_json
-from reviewtune.highlights import (
+from reviewtune.analysis.highlights import (
     NotApplicable,
     encoder_outputs,
     keyword_probabilities,
     label_probabilities,
     target_kind,
 )
+from reviewtune.atomic import read_json
+from reviewtune.evaluation.systems import System
 from reviewtune.records import make_record, read_records
-from reviewtune.scoring import System
 
 STRATEGIES = ("keyword_uncertainty", "least_confidence", "margin", "entropy", "rare", "outliers", "proportional")
 LABEL_STRATEGIES = ("least_confidence", "margin", "entropy")

@@ -22,7 +22,6 @@ from sklearn.metrics import (
 )
 
 # One prediction per record, the same for every system (model runs and baselines).
-PREDICTION_KEYS = ("id", "label", "probs", "aspects", "score", "invalid", "invalid_reason")
 INVALID = "invalid"  # name of the extra confusion-matrix column for invalid predictions
 _INVALID_ID = -1
 MCNEMAR_EXACT_BELOW = 25  # b + c below this: exact binomial test, else chi-square with continuity correction

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -163,6 +164,4 @@ def label_loglik(
 
 def loglik_probs(scores: np.ndarray) -> np.ndarray:
     """Softmax over the label axis of :func:`label_loglik` scores: one probability per label, rows sum to 1."""
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return softmax(scores, axis=-1)

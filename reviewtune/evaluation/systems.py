@@ -1,12 +1,5 @@
-"""Load any run directory and predict: generative runs (``generate`` / ``loglik``) and classifiers.
-
-One prediction dict per record, the same for every kind of system (baselines included)::
-
-    {"id", "label": int|None, "probs": list[float]|None, "aspects": list|None, "score": float|None,
-     "invalid": bool, "invalid_reason": str|None, "raw": str|None}
-
-A generated answer the parser cannot read is ``invalid`` with the parser's reason, never an exception.
-"""
+"""Run directories -> loaded systems: a generative run (base + adapter, NF4 as trained, or merged/), a
+classifier, or the two-model aspect classifier, with what scoring and the cost table need to know."""
 
 from __future__ import annotations
 
@@ -17,21 +10,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
-from reviewtune.classifier import load_thresholds
-from reviewtune.generation import generate_answers, label_loglik, loglik_probs
-from reviewtune.prompts import build_prompt, keyword_input, parse_answer
-from reviewtune.quantization import compute_dtype, load_pretrained, nf4_config
-from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
+from reviewtune.models.positions import usable_positions
+from reviewtune.models.quantization import compute_dtype, load_pretrained, nf4_config
+from reviewtune.tasks import TaskSpec
+from reviewtune.training.thresholds import load_thresholds
 
 logger = logging.getLogger(__name__)
 
+
 SCORING_MODES = ("generate", "loglik", "classifier")
+
+
 LOGLIK_TASKS = ("sentiment", "sentiment5")  # closed label sets
+
+
 ADAPTER_CONFIG = "adapter_config.json"
-_PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+
+
+
+
 DEFAULT_MAX_INPUT_TOKENS = 512  # classifier input limit when the run recorded no max_length
 
 
@@ -63,24 +62,15 @@ class System:
         """Classifier input limit: as trained (``max_length``), within the model's positions; longer is cut."""
         return min(x for x in (self.max_length, self.positions, DEFAULT_MAX_INPUT_TOKENS) if x)
 
+    @classmethod
+    def of_model(cls, run_dir: Path, kind: str, task: TaskSpec, summary: dict, model, tokenizer, **fields) -> System:
+        """A system around one loaded model: its input limits read from the run summary and the model config."""
+        return cls(run_dir=run_dir, kind=kind, task=task, summary=summary, model=model, tokenizer=tokenizer,
+                   max_length=fields.pop("max_length", None) or _trained_length(summary),
+                   positions=usable_positions(model.config), **fields)  # fmt: skip
+
     def models(self) -> list[Any]:
         return [self.model] if self.model is not None else [c.model for c in self.components.values()]
-
-
-def empty_prediction(record_id: str) -> dict:
-    return {
-        "id": str(record_id),
-        "label": None,
-        "probs": None,
-        "aspects": None,
-        "score": None,
-        "invalid": False,
-        "invalid_reason": None,
-        "raw": None,
-    }
-
-
-# ---------------------------------------------------------------------------------------------- loading
 
 
 def _read_summary(run_dir: Path) -> dict:
@@ -142,15 +132,6 @@ def _trained_length(summary: dict) -> int | None:
     """The ``max_length`` (tokens) the run trained with, if it recorded one."""
     value = summary.get("max_length") or (summary.get("config") or {}).get("max_length")
     return int(value) if value else None
-
-
-def _positions(model) -> int | None:
-    """Longest sequence the model can take: RoBERTa-style position ids start after the padding index."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and config.model_type in _PADDING_OFFSET_MODEL_TYPES:
-        limit -= (config.pad_token_id or 0) + 1
-    return limit
 
 
 @dataclass
@@ -253,18 +234,8 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool,
         raise FileNotFoundError(f"{run_dir}: neither {ADAPTER_CONFIG}, config.json nor merged/ found")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **remote)
-    return System(
-        run_dir=run_dir,
-        kind="generative",
-        task=task,
-        summary=summary,
-        model=model,
-        tokenizer=tokenizer,
-        max_length=_trained_length(summary),
-        positions=_positions(model),
-        weight_paths=weight_paths,
-        weights=weights,
-    )
+    return System.of_model(run_dir, "generative", task, summary, model, tokenizer, weight_paths=weight_paths,
+                           weights=weights)  # fmt: skip
 
 
 def _load_classifier_model(run_dir: Path, summary: dict):
@@ -305,7 +276,7 @@ def _load_classifier_model(run_dir: Path, summary: dict):
     return model, AutoTokenizer.from_pretrained(tokenizer_dir, **remote), paths
 
 
-def _id2label(model) -> list[str]:
+def id2label(model) -> list[str]:
     config = model.config
     return [str(config.id2label[i]) for i in range(config.num_labels)]
 
@@ -323,19 +294,11 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
             sub_dir = run_dir / sub
             sub_summary = read_json(sub_dir / "run_summary.json") if (sub_dir / "run_summary.json").is_file() else {}
             model, tokenizer, paths = _load_classifier_model(sub_dir, {**summary, **sub_summary})
-            parts[name] = System(
-                run_dir=sub_dir,
-                kind="classifier",
-                task=task,
-                summary=sub_summary,
-                model=model,
-                tokenizer=tokenizer,
-                max_length=_trained_length(sub_summary) or _trained_length(summary),
-                positions=_positions(model),
-                weight_paths=paths,
-            )
+            parts[name] = System.of_model(sub_dir, "classifier", task, sub_summary, model, tokenizer,
+                                          max_length=_trained_length(sub_summary) or _trained_length(summary),
+                                          weight_paths=paths)  # fmt: skip
         kw = parts["keywords"]
-        names = _id2label(kw.model)
+        names = id2label(kw.model)
         if sorted(names) != sorted(task.keywords):
             raise ValueError(f"{kw.run_dir}: model labels {names} differ from the task's keywords {task.keywords}")
         kw.thresholds = load_thresholds(kw.run_dir, names)
@@ -348,17 +311,7 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
             weight_paths=sorted({p for c in parts.values() for p in c.weight_paths}),
         )
     model, tokenizer, paths = _load_classifier_model(run_dir, summary)
-    return System(
-        run_dir=run_dir,
-        kind="classifier",
-        task=task,
-        summary=summary,
-        model=model,
-        tokenizer=tokenizer,
-        max_length=_trained_length(summary),
-        positions=_positions(model),
-        weight_paths=paths,
-    )
+    return System.of_model(run_dir, "classifier", task, summary, model, tokenizer, weight_paths=paths)
 
 
 def load_system(run_dir: str | Path, merged: bool = False, dequantize_nf4: bool | None = None) -> System:
@@ -380,173 +333,3 @@ def load_system(run_dir: str | Path, merged: bool = False, dequantize_nf4: bool 
     if summary["kind"] == "generative":
         return _load_generative(run_dir, summary, task, merged, dequantize_nf4)
     return _load_classifier(run_dir, summary, task)
-
-
-# ------------------------------------------------------------------------------------------- prediction
-
-
-def fit_prompt(review: str, task: TaskSpec, tokenizer, max_prompt_tokens: int | None) -> str:
-    """``build_prompt``, with the review (never the template) cut when the prompt exceeds the token budget."""
-    prompt = build_prompt(review, task)
-    if max_prompt_tokens is None:
-        return prompt
-    n = len(tokenizer(prompt)["input_ids"])
-    if n <= max_prompt_tokens:
-        return prompt
-    review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
-    budget = max(0, len(review_ids) - (n - max_prompt_tokens))
-    while True:  # decode + re-tokenise can differ by a token; shrink until it fits
-        prompt = build_prompt(tokenizer.decode(review_ids[:budget], skip_special_tokens=True), task)
-        if budget == 0 or len(tokenizer(prompt)["input_ids"]) <= max_prompt_tokens:
-            return prompt
-        budget -= 1
-
-
-def answer_token_budget(task: TaskSpec, tokenizer) -> int:
-    """``max_new_tokens`` for ``generate``: the longest valid answer of the task, plus EOS and slack."""
-    if task.name in LOGLIK_TASKS:
-        longest = [" " + name for name in task.label_names]
-    elif task.name == "aspects":
-        worst = min(task.polarities, key=lambda p: -len(str(p)))
-        full = ", ".join(f"{k}{worst}" for k in task.keywords)
-        longest = [" " + full, " " + EMPTY_ASPECTS_ANSWER]
-    else:
-        longest = [" -0.000123456", " 12345.6"]
-    return max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in longest) + 4
-
-
-def _prompt_budget(system: System, answer_tokens: int) -> int | None:
-    """Most prompt tokens: the trained ``max_length``, and room for the answer within the model's positions."""
-    limits = [system.max_length, system.positions - answer_tokens if system.positions else None]
-    limits = [x for x in limits if x]
-    return max(8, min(limits)) if limits else None
-
-
-def _predict_generate(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
-    task, tok = system.task, system.tokenizer
-    max_new = answer_token_budget(task, tok)
-    budget = _prompt_budget(system, max_new)
-    prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
-    answers = generate_answers(system.model, tok, prompts, max_new_tokens=max_new, batch_size=batch_size,
-                               progress=progress)  # fmt: skip
-    out = []
-    for r, answer in zip(records, answers, strict=True):
-        pred = empty_prediction(r["id"])
-        pred["raw"] = answer
-        parsed = parse_answer(answer, task)
-        if parsed.valid:
-            pred.update(label=parsed.label, aspects=parsed.aspects, score=parsed.score)
-        else:
-            pred.update(invalid=True, invalid_reason=parsed.reason)
-        out.append(pred)
-    return out
-
-
-def _predict_loglik(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
-    task, tok = system.task, system.tokenizer
-    if task.name not in LOGLIK_TASKS:
-        raise ValueError(f"scoring 'loglik' needs a closed label set ({', '.join(LOGLIK_TASKS)}), not {task.name!r}")
-    completions = [" " + name for name in task.label_names]
-    longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
-    budget = _prompt_budget(system, longest)
-    prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
-    scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress)
-    probs = loglik_probs(scores)
-    out = []
-    for r, row in zip(records, probs, strict=True):
-        pred = empty_prediction(r["id"])
-        pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
-        out.append(pred)
-    return out
-
-
-@torch.inference_mode()
-def _classifier_outputs(system: System, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
-    """Raw logits ``[n, num_labels]`` of one classifier, batched by length (dynamic padding)."""
-    model, tok = system.model, system.tokenizer
-    device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
-    bar = tqdm(total=len(texts), desc=desc, unit="input", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
-                  return_tensors="pt")  # fmt: skip
-        out = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
-        logits[idx] = out
-        bar.update(len(idx))
-    bar.close()
-    return logits
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _label_order(model_labels: list[str], wanted: list[str], what: str) -> list[int]:
-    """Column of each wanted label in the model's output; the model's own order when it has generic names."""
-    if sorted(model_labels) == sorted(wanted):
-        return [model_labels.index(w) for w in wanted]
-    if len(model_labels) == len(wanted):
-        return list(range(len(wanted)))  # e.g. LABEL_0, LABEL_1: trained in the task's order
-    raise ValueError(f"{what}: model has labels {model_labels}, the task needs {wanted}")
-
-
-def _predict_classifier(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
-    task = system.task
-    texts = [r["text"] for r in records]
-    out = [empty_prediction(r["id"]) for r in records]
-    if task.name == "regression":
-        logits = _classifier_outputs(system, texts, batch_size, progress, "Classifying")
-        for pred, row in zip(out, logits, strict=True):
-            pred["score"] = float(row[0])
-        return out
-    if task.name in LOGLIK_TASKS:
-        cols = _label_order(_id2label(system.model), task.label_names, str(system.run_dir))
-        probs = _softmax(_classifier_outputs(system, texts, batch_size, progress, "Classifying"))[:, cols]
-        for pred, row in zip(out, probs, strict=True):
-            pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
-        return out
-    # aspects: detect keywords (sigmoid >= per-keyword threshold), then one polarity per detected keyword.
-    kw, pol = system.components["keywords"], system.components["keyword_sentiment"]
-    kw_names = _id2label(kw.model)
-    detected = 1 / (1 + np.exp(-_classifier_outputs(kw, texts, batch_size, progress, "Detecting keywords")))
-    hits = detected >= kw.thresholds[None, :]
-    pairs = [(i, kw_names[j]) for i in range(len(records)) for j in np.flatnonzero(hits[i])]
-    pol_labels = _id2label(pol.model)
-    pol_cols = _label_order(pol_labels, task.polarity_names, str(pol.run_dir))
-    aspects: list[list[dict]] = [[] for _ in records]
-    if pairs:
-        pair_texts = [keyword_input(records[i]["text"], k, task) for i, k in pairs]
-        pol_logits = _classifier_outputs(pol, pair_texts, batch_size, progress, "Keyword polarity")[:, pol_cols]
-        for (i, k), row in zip(pairs, pol_logits, strict=True):
-            aspects[i].append({"keyword": k, "polarity": int(task.polarities[int(row.argmax())])})
-    order = {k: n for n, k in enumerate(task.keywords)}
-    for pred, a in zip(out, aspects, strict=True):
-        pred["aspects"] = sorted(a, key=lambda x: order[x["keyword"]])
-    return out
-
-
-def predict(
-    system: System,
-    records: list[dict],
-    scoring: str | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> list[dict]:
-    """One prediction dict per record, in order. ``scoring``: ``generate``/``loglik`` (generative runs),
-    ``classifier`` (or ``None``: the system's first mode)."""
-    scoring = scoring or system.scoring_modes[0]
-    if scoring not in system.scoring_modes:
-        raise ValueError(
-            f"{system.run_dir}: scoring {scoring!r} is not available for a {system.kind} run on task "
-            f"{system.task.name!r}; choose one of {', '.join(system.scoring_modes)}"
-        )
-    if not records:
-        return []
-    if scoring == "generate":
-        return _predict_generate(system, records, batch_size, progress)
-    if scoring == "loglik":
-        return _predict_loglik(system, records, batch_size, progress)
-    return _predict_classifier(system, records, batch_size, progress)

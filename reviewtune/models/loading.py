@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,9 +19,9 @@ from accelerate.utils import str_to_bool
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainingArguments
 from trl import ModelConfig
 
-from reviewtune.atomic import atomic_write_json
+from reviewtune.atomic import atomic_directory, atomic_write_json
+from reviewtune.models.quantization import compute_dtype, load_pretrained, nf4_config
 from reviewtune.provenance import provenance
-from reviewtune.quantization import compute_dtype, load_pretrained, nf4_config
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +221,8 @@ def merge_adapter(
         base = base.dequantize()
     merged = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
     merged = merged.to(dtype)
-    out, tmp = run_dir / "merged", Path(tempfile.mkdtemp(dir=run_dir, prefix=".merged.tmp-"))
-    try:  # written beside, then renamed into place: readers never see half a model
+    out = run_dir / "merged"
+    with atomic_directory(out) as tmp:  # written beside, then renamed into place: readers never see half a model
         merged.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -237,28 +235,25 @@ def merge_adapter(
                 "provenance": provenance(),
             },
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 @contextlib.contextmanager
-def outside_zero3():
+def outside_zero3(accelerator):
     """Load and run a model on one process while a ZeRO-3 run is active.
 
     transformers partitions every model built while a ZeRO-3 config is registered, and ``generate`` then waits
     for the other ranks at every token; rank 0 reloading the trained run alone (sample predictions, ``--merge``)
-    would hang or crash. Unregister the config for the block and restore it afterwards.
+    would hang or crash. Unregister the config for the block and register the run's own again afterwards.
     """
-    from transformers.integrations import deepspeed as hf_deepspeed
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
-    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed.unset_hf_deepspeed_config()
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
     try:
         yield
     finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
+        set_hf_deepspeed_config(plugin.hf_ds_config)

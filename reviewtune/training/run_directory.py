@@ -1,8 +1,10 @@
-"""``run_summary.json`` and the other run outputs both recipes write (common keys, token counts)."""
+"""A run directory's own files that both recipes write: ``run_summary.json`` (common keys), ``token_freqs.json``,
+and the measurements they hold (parameters, peak memory, loss history)."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import resource
 import sys
 from collections.abc import Iterable
@@ -84,6 +86,28 @@ def write_run_summary(output_dir: str | Path, summary: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"run_summary is missing keys: {', '.join(missing)}")
     return atomic_write_json(Path(output_dir) / "run_summary.json", summary)
+
+
+def loss_history(trainer) -> list[tuple[int, float]]:
+    """(step, training loss) of every logged step, resumed steps included (the checkpoint's log history)."""
+    return [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+
+
+def tokens_seen(log_history: list[dict]) -> int:
+    """Non-padding tokens trained on, from trl's logged ``num_tokens``: trl counts from zero again after a resume,
+    so each restart's count is added to what the checkpoint's history had reached."""
+    total = previous = 0
+    for entry in log_history:
+        if "num_tokens" in entry:
+            if entry["num_tokens"] < previous:  # a resumed run counting from zero again
+                total += previous
+            previous = entry["num_tokens"]
+    return int(total + previous)
+
+
+def resolved_config(*argument_objects, training_args) -> dict[str, Any]:
+    """The run's whole configuration, flat like the YAML (the recipes' dataclasses' field names do not overlap)."""
+    return {k: v for obj in argument_objects for k, v in dataclasses.asdict(obj).items()} | training_args.to_dict()
 
 
 def already_complete(output_dir: str | Path, resume_from: str | None, global_step: int) -> dict[str, Any] | None:

@@ -13,92 +13,40 @@ One ``Head`` per model the classifier recipe trains:
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit, softmax
 
-from reviewtune.atomic import atomic_write_json, read_json
-from reviewtune.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from reviewtune.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from reviewtune.models.positions import usable_positions
 from reviewtune.prompts import keyword_input
-from reviewtune.provenance import provenance
-from reviewtune.records import drop_reason, read_records, sort_aspects
+from reviewtune.records import sort_aspects
 from reviewtune.tasks import TaskSpec
+from reviewtune.training.arguments import CLASS_WEIGHT_MODES
+from reviewtune.training.thresholds import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:  # both imports cost seconds (they pull in peft), paid by every scoring process
     from peft import LoraConfig
     from transformers import EvalPrediction
 
+
 logger = logging.getLogger(__name__)
 
+
 SINGLE_LABEL = "single_label_classification"
+
+
 MULTI_LABEL = "multi_label_classification"
+
+
 REGRESSION = "regression"
+
+
 ASPECT_COMPONENTS = ("keywords", "keyword_sentiment")
-THRESHOLDS_FILE = "thresholds.json"
-DEFAULT_THRESHOLD = 0.5
-THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
-MIN_POSITIVES_TO_TUNE = 5  # fewer positive validation examples than this: keep the default threshold
-CLASS_WEIGHT_MODES = ("none", "balanced")
-# Model types whose position ids start after the padding index, so two positions are unusable.
-_PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
-
-
-@dataclass
-class ClassifierArguments:
-    """Options of ``recipes/classify_roberta.py`` beyond data, training and LoRA arguments."""
-
-    max_length: int = field(
-        default=256, metadata={"help": "Longest input in tokens (capped by the model's positions); longer is cut."}
-    )
-    class_weights: str = field(
-        default="balanced",
-        metadata={
-            "help": "none, or balanced: cross-entropy class weights n / (K * count), BCE pos_weight neg / pos "
-            "per keyword; both clipped to [1 / max_class_weight, max_class_weight].",
-            "choices": list(CLASS_WEIGHT_MODES),
-        },
-    )
-    max_class_weight: float = field(default=10.0, metadata={"help": "Upper bound of a class weight."})
-    tune_thresholds: bool = field(
-        default=True,
-        metadata={"help": "Tune the keywords model's per-keyword threshold for F1 on validation (else 0.5)."},
-    )
-    early_stopping_patience: int | None = field(
-        default=3, metadata={"help": "Evaluations without improvement before stopping (0 or null: never)."}
-    )
-    early_stopping_threshold: float = field(default=0.0, metadata={"help": "Smallest change that counts as better."})
-    early_stopping_metric: str = field(
-        default="auto",
-        metadata={
-            "help": "Validation metric for early stopping and the best checkpoint: auto (macro_f1 for single-label "
-            "heads, micro_f1 for keywords, mse for regression), or a metric name such as accuracy or loss."
-        },
-    )
-    num_sample_predictions: int = field(
-        default=3, metadata={"help": "Test reviews whose predictions are printed at the end (0: none)."}
-    )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Run the model's own code from its repository (as SFTConfig's field of the same name)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.class_weights not in CLASS_WEIGHT_MODES:
-            raise ValueError(
-                f"class_weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weights!r}"
-            )
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
-        if self.max_class_weight < 1:
-            raise ValueError(f"max_class_weight must be >= 1, got {self.max_class_weight}")
-
-
-# ------------------------------------------------------------------------------------------------ heads
 
 
 @dataclass(frozen=True)
@@ -151,47 +99,6 @@ def greater_is_better(metric: str) -> bool:
     return not (name.endswith("loss") or name in ("mse", "mae"))
 
 
-# ------------------------------------------------------------------------------------------------- data
-
-
-def load_records(path: str | Path, task: TaskSpec) -> tuple[list[dict], dict[str, Any]]:
-    """Records of ``path`` usable for ``task``, and a report ``{"path", "read", "kept", "dropped": {reason: n}}``.
-
-    Records the task cannot use (empty text, missing or unknown label, ...) are dropped and counted by
-    reason, so that read = kept + sum(dropped).
-    """
-    kept, dropped = [], Counter()
-    records = read_records(path)
-    for record in records:
-        reason = drop_reason(record, task)
-        if reason is None:
-            kept.append(record)
-        else:
-            dropped[reason] += 1
-    report = {"path": str(path), "read": len(records), "kept": len(kept), "dropped": dict(sorted(dropped.items()))}
-    assert report["read"] == report["kept"] + sum(dropped.values())
-    if not kept:
-        raise ValueError(f"{path}: none of {len(records)} records is usable for task {task.name} (dropped: {dropped})")
-    if dropped:
-        logger.warning("%s: dropped %d of %d records: %s", path, sum(dropped.values()), len(records), dict(dropped))
-    return kept, report
-
-
-def split_validation(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded random ``fraction`` of ``records`` held out for validation: ``(train, validation)``."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
-    n_val = max(1, round(len(records) * fraction))
-    if len(records) - n_val < 1:
-        raise ValueError(f"{len(records)} records are too few to hold out {fraction:.0%} for validation")
-    order = np.random.default_rng(seed).permutation(len(records))
-    val_idx = set(order[:n_val].tolist())
-    return (
-        [r for i, r in enumerate(records) if i not in val_idx],
-        [r for i, r in enumerate(records) if i in val_idx],
-    )
-
-
 def build_examples(records: list[dict], task: TaskSpec, head: Head) -> list[dict]:
     """Training examples ``{"text", "label"}`` (or ``{"text", "labels"}`` multi-hot for keywords) for ``head``.
 
@@ -226,10 +133,8 @@ def label_matrix(examples: list[dict], head: Head) -> np.ndarray:
 
 
 def model_max_length(config, requested: int) -> int:
-    """``requested`` capped by the positions the model has (RoBERTa-style models lose two to the padding offset)."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and getattr(config, "model_type", None) in _PADDING_OFFSET_MODEL_TYPES:
-        limit -= (config.pad_token_id or 0) + 1
+    """``requested`` capped by the positions the model has."""
+    limit = usable_positions(config)
     return min(requested, limit) if limit else requested
 
 
@@ -253,9 +158,6 @@ def tokenize_examples(examples: list[dict], tokenizer, max_length: int, desc: st
     return ds.remove_columns("shortened"), n_shortened, n_tokens
 
 
-# ------------------------------------------------------------------------------------------------ model
-
-
 def lora_config(model_args) -> LoraConfig:
     """PEFT ``SEQ_CLS`` LoRA from trl's ``ModelConfig`` fields; the head is trained in full (``modules_to_save``).
 
@@ -275,9 +177,6 @@ def lora_config(model_args) -> LoraConfig:
         use_dora=model_args.use_dora,
         bias="none",
     )
-
-
-# ------------------------------------------------------------------------------------------------- loss
 
 
 def class_weights(examples: list[dict], head: Head, mode: str, max_weight: float) -> list[float] | None:
@@ -311,22 +210,18 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str,
     return F.cross_entropy(logits.float(), labels.long(), weight=weights)
 
 
-# ------------------------------------------------------------------------------------- predictions, metrics
-
-
 def probabilities(logits: np.ndarray, head: Head) -> np.ndarray:
     """Softmax (single-label), sigmoid (keywords) or the raw score (regression, ``[n]``)."""
     logits = np.asarray(logits, dtype=np.float64)
     if head.problem_type == REGRESSION:
         return logits.reshape(len(logits), -1)[:, 0]
     if head.problem_type == MULTI_LABEL:
-        return 1.0 / (1.0 + np.exp(-logits))
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+        return expit(logits)
+    return softmax(logits, axis=-1)
 
 
 def head_metrics(head: Head, logits: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
-    """Full metrics of one head from ``reviewtune.metrics`` (the harness's code).
+    """Full metrics of one head from ``reviewtune.evaluation.metrics`` (the harness's code).
 
     Keywords are decided by ``prob >= threshold`` per keyword (``thresholds`` in label order, default 0.5).
     """
@@ -360,58 +255,3 @@ def make_compute_metrics(head: Head):
         return {k: float("nan") if v is None else float(v) for k, v in metrics.items()}
 
     return compute_metrics
-
-
-# ----------------------------------------------------------------------------------------- thresholds
-
-
-def tune_thresholds(
-    probs: np.ndarray,
-    labels: np.ndarray,
-    keywords: list[str],
-    grid: tuple[float, ...] = THRESHOLD_GRID,
-    min_positives: int = MIN_POSITIVES_TO_TUNE,
-) -> dict[str, float]:
-    """Per-keyword decision threshold maximising F1 on validation (``prob >= threshold`` is a hit).
-
-    Ties go to the threshold closest to 0.5; a keyword with fewer than ``min_positives`` positive
-    validation examples keeps 0.5 (too little evidence to move it).
-    """
-    from sklearn.metrics import f1_score
-
-    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels).round().astype(int)
-    if probs.shape != labels.shape or probs.shape[1] != len(keywords):
-        raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be [n, {len(keywords)}]")
-    out = {}
-    for j, keyword in enumerate(keywords):
-        if labels[:, j].sum() < min_positives:
-            out[keyword] = DEFAULT_THRESHOLD
-            continue
-        scores = [f1_score(labels[:, j], probs[:, j] >= t, zero_division=0) for t in grid]
-        best = [t for t, s in zip(grid, scores, strict=True) if s == max(scores)]
-        out[keyword] = float(min(best, key=lambda t: abs(t - DEFAULT_THRESHOLD)))
-    return out
-
-
-def save_thresholds(directory: str | Path, thresholds: dict[str, float], tuned: bool, **extra) -> Path:
-    """``thresholds.json``: ``{"thresholds": {keyword: threshold}, "tuned": bool, "rule": ..., ...}``."""
-    rule = "keyword detected when sigmoid(logit) >= threshold"
-    return atomic_write_json(
-        Path(directory) / THRESHOLDS_FILE,
-        {"thresholds": thresholds, "tuned": tuned, "rule": rule, **extra, "provenance": provenance()},
-    )
-
-
-def load_thresholds(directory: str | Path, keywords: list[str]) -> np.ndarray:
-    """Thresholds in ``keywords`` order from ``thresholds.json`` (0.5 for a missing file or keyword)."""
-    path = Path(directory) / THRESHOLDS_FILE
-    if not path.is_file():
-        return np.full(len(keywords), DEFAULT_THRESHOLD)
-    data = read_json(path)
-    data = data.get("thresholds") if isinstance(data, dict) else None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected field 'thresholds' mapping keyword -> threshold")
-    unknown = set(data) - set(keywords)
-    if unknown:
-        raise ValueError(f"{path}: thresholds for unknown keywords {sorted(unknown)}")
-    return np.asarray([float(data.get(k, DEFAULT_THRESHOLD)) for k in keywords])

@@ -2,7 +2,7 @@
 
 ``fit_baseline(name, task, train_records)`` trains on the same train records as the models and returns a
 :class:`Baseline` whose ``predict(records)`` gives the harness's prediction dicts
-(:data:`reviewtune.metrics.PREDICTION_KEYS`, plus ``raw``).
+(:mod:`reviewtune.evaluation.prediction_schema`, plus ``raw``).
 
 - ``majority``: scikit-learn's ``DummyClassifier(strategy="prior")`` (predicts the most frequent label,
   probabilities = the training label frequencies) for ``sentiment``/``sentiment5``; the most frequent
@@ -29,8 +29,9 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 
+from reviewtune.evaluation.prediction_schema import new_prediction
 from reviewtune.prompts import keyword_input
-from reviewtune.records import drop_reason, sort_aspects
+from reviewtune.records import keep_usable, sort_aspects
 from reviewtune.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -56,20 +57,6 @@ def _label_model(y: list[int], seed: int):
     return make_pipeline(_tfidf(), _logreg(seed))
 
 
-def _prediction(record_id: Any, **values) -> dict:
-    return {
-        "id": str(record_id),
-        "label": None,
-        "probs": None,
-        "aspects": None,
-        "score": None,
-        "invalid": False,
-        "invalid_reason": None,
-        "raw": None,
-        **values,
-    }
-
-
 @dataclass
 class Baseline:
     """A fitted baseline: ``predict(records)`` -> prediction dicts, plus what the cost table reports."""
@@ -92,7 +79,7 @@ class Baseline:
         if self.task.name == "aspects":
             return self._predict_aspects(ids, texts)
         scores = self.models["score"].predict(texts)
-        return [_prediction(i, score=float(s)) for i, s in zip(ids, scores, strict=True)]
+        return [new_prediction(i, score=float(s)) for i, s in zip(ids, scores, strict=True)]
 
     def _predict_labels(self, ids: list, texts: list[str]) -> list[dict]:
         model = self.models["label"]
@@ -101,13 +88,14 @@ class Baseline:
         full = np.zeros((len(texts), len(self.task.label_names)))
         full[:, model.classes_.astype(int)] = proba
         return [
-            _prediction(i, label=int(p.argmax()), probs=[float(x) for x in p]) for i, p in zip(ids, full, strict=True)
+            new_prediction(i, label=int(p.argmax()), probs=[float(x) for x in p])
+            for i, p in zip(ids, full, strict=True)
         ]
 
     def _predict_aspects(self, ids: list, texts: list[str]) -> list[dict]:
         if self.name == "majority":
             aspects = self.models["aspects"]
-            return [_prediction(i, aspects=[dict(a) for a in aspects]) for i in ids]
+            return [new_prediction(i, aspects=[dict(a) for a in aspects]) for i in ids]
         keywords = self.task.keywords
         detected = self.models["keywords"].predict(texts)
         pairs = [(row, keywords[j]) for row in range(len(texts)) for j in np.flatnonzero(detected[row])]
@@ -115,7 +103,7 @@ class Baseline:
         per_row: list[list[dict]] = [[] for _ in texts]
         for (row, kw), pol in zip(pairs, polarities, strict=True):
             per_row[row].append({"keyword": kw, "polarity": int(pol)})
-        return [_prediction(i, aspects=sort_aspects(a, self.task)) for i, a in zip(ids, per_row, strict=True)]
+        return [new_prediction(i, aspects=sort_aspects(a, self.task)) for i, a in zip(ids, per_row, strict=True)]
 
     def parameter_count(self) -> int:
         """Learned numbers: coefficients and intercepts of the linear models (0 for majority)."""
@@ -142,14 +130,7 @@ def fit_baseline(name: str, task: TaskSpec, train_records: list[dict], seed: int
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
-    dropped: collections.Counter[str] = collections.Counter()
-    kept = []
-    for r in train_records:
-        reason = drop_reason(r, task)
-        if reason:
-            dropped[reason] += 1
-        else:
-            kept.append(r)
+    kept, dropped = keep_usable(train_records, task)
     if not kept:
         raise ValueError(
             f"no usable train records for task {task.name} ({len(train_records)} given, dropped: {dict(dropped)})"

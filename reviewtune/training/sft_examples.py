@@ -8,37 +8,18 @@ end-of-sequence token to the completion and computes the loss on the completion 
 
 from __future__ import annotations
 
-import collections
 import logging
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from datasets import Dataset
 
 from reviewtune.prompts import to_instruction
-from reviewtune.records import drop_reason, read_records
 from reviewtune.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
 TOO_LONG = "answer_exceeds_max_length"
-
-
-@dataclass
-class SFTScriptArguments:
-    """Options of ``recipes/sft_qlora.py`` that neither the data, SFTConfig nor ModelConfig cover."""
-
-    merge: bool = field(
-        default=False,
-        metadata={"help": "After training, write output_dir/merged: the adapter merged into the de-quantised base."},
-    )
-    num_sample_predictions: int = field(
-        default=8, metadata={"help": "Test reviews answered before and after training (sample_predictions.json)."}
-    )
-    max_new_tokens: int = field(default=32, metadata={"help": "Generation budget for the sample predictions."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Batch size for the sample predictions."})
 
 
 @dataclass
@@ -49,34 +30,6 @@ class ShorteningStats:
     kept: int = 0
     shortened: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-
-
-def load_task_records(path: str | Path, task: TaskSpec) -> tuple[list[dict], dict[str, int]]:
-    """Records of ``path`` usable for ``task``, and the dropped ones counted by reason."""
-    kept, dropped = [], collections.Counter()
-    for record in read_records(path):
-        reason = drop_reason(record, task)
-        if reason is None:
-            kept.append(record)
-        else:
-            dropped[reason] += 1
-    if dropped:
-        n_dropped = sum(dropped.values())
-        logger.warning("%s: dropped %d of %d records: %s", path, n_dropped, len(kept) + n_dropped, dict(dropped))
-    if not kept:
-        raise ValueError(f"{path}: no usable records for task {task.name} (dropped: {dict(dropped)})")
-    return kept, dict(dropped)
-
-
-def split_validation(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded slice of ``records`` held out for evaluation: (train, validation)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(records) * fraction))
-    val_idx = set(order[:n_val])
-    return [r for i, r in enumerate(records) if i not in val_idx], [records[i] for i in sorted(val_idx)]
 
 
 def _to_example(record: dict, task: TaskSpec, tokenizer, max_length: int | None) -> dict:
@@ -154,3 +107,22 @@ def packing_keeps_examples_apart(model, tokenizer, examples: list[dict], atol: f
     model.train(was_training)
     diff = max(abs(a - b) for a, b in zip(alone, together, strict=True))
     return diff <= atol, diff
+
+
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def check_packing(model, tokenizer, dataset) -> None:
+    """Before training with ``packing`` / ``padding_free``: stop with one clear message unless the attention keeps
+    packed examples apart (FlashAttention always does; sdpa/eager are checked on three real examples)."""
+    attn = model.config._attn_implementation  # transformers has no public accessor for the resolved implementation
+    if attn in FLASH_ATTENTION:
+        return
+    ok, diff = packing_keeps_examples_apart(model, tokenizer, dataset.select(range(min(3, len(dataset)))).to_list())
+    if not ok:
+        raise ValueError(
+            f"packing/padding_free with attn_implementation={attn!r} lets packed examples attend to each "
+            f"other (per-example loss differs by {diff:.3g} from unpacked): use flash_attention_2 on a GPU "
+            "or set packing: false and padding_free: false."
+        )
+    logger.info("packing check with %s: per-example losses match unpacked (max diff %.2e)", attn, diff)

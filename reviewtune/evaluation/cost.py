@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reviewtune.run_summary import peak_rss_bytes
+from reviewtune.training.run_directory import peak_rss_bytes
 
 COST_KEYS = (
     "latency_p50_ms", "latency_p95_ms", "throughput_per_s", "batch_size", "peak_memory_bytes",
@@ -104,8 +104,9 @@ def score_and_measure(
             "weights": "scikit-learn",
         }
     else:
-        from reviewtune.run_summary import count_parameters
-        from reviewtune.scoring import load_system, predict
+        from reviewtune.evaluation.predict import predict
+        from reviewtune.evaluation.systems import load_system
+        from reviewtune.training.run_directory import count_parameters
 
         system = load_system(spec.run_dir, merged=spec.merged)
 
@@ -160,7 +161,7 @@ def _child_env() -> dict[str, str]:
 def score_isolated(
     spec: SystemSpec, records: list[dict], batch_size: int, latency_sample: int, progress: bool = True
 ) -> tuple[list[dict], dict[str, Any]]:
-    """:func:`score_and_measure` in a fresh Python process (``python -m reviewtune.cost``).
+    """:func:`score_and_measure` in a fresh Python process (``python -m reviewtune.evaluation.cost``).
 
     Arguments and results travel as pickles in a temporary directory; the child's progress bars and
     errors go to this process's stderr, and a failing child raises ``RuntimeError`` naming the system and
@@ -172,7 +173,7 @@ def score_isolated(
         with open(args_path, "wb") as f:
             pickle.dump((spec, records, batch_size, latency_sample, progress), f, protocol=pickle.HIGHEST_PROTOCOL)
         proc = subprocess.run(
-            [sys.executable, "-m", "reviewtune.cost", str(args_path), str(result_path)], env=_child_env()
+            [sys.executable, "-m", "reviewtune.evaluation.cost", str(args_path), str(result_path)], env=_child_env()
         )
         if proc.returncode != 0 or not result_path.is_file():
             error = error_path.read_text(encoding="utf-8") if error_path.is_file() else f"exit code {proc.returncode}"
