@@ -129,7 +129,7 @@ def recipe_command(name: str, base: Path, out: Path, data: dict[str, str], args:
         "--max_length", str(args.max_length), "--logging_steps", "10", "--seed", "0",
         "--use_cpu", "false", "--bf16", "true", "--report_to", "none",
         "--attn_implementation", args.attn_implementation,
-        "--num_sample_predictions", "2", "--max_new_tokens", "8",
+        "--num_sample_predictions", "2",
         *budget, *extra,
     ]  # fmt: skip
 

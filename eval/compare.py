@@ -173,6 +173,19 @@ def load_test_records(
     return kept, dropped, subsample
 
 
+def regression_invalid_score(task: TaskSpec, train_records: list[dict] | None, test_records: list[dict]) -> dict | None:
+    """What an invalid regression output is scored as: the mean score of the training records (the test records'
+    when no train file is known, stated). ``None`` for the other tasks, where invalid is simply wrong."""
+    if task.name != "regression":
+        return None
+    usable = [r for r in train_records or [] if isinstance(r.get("score"), int | float)]
+    source = "train" if usable else "test (no train file)"
+    scores = [float(r["score"]) for r in (usable or test_records)]
+    if not usable:
+        logger.warning("no train records: invalid regression outputs are scored as the test records' mean")
+    return {"value": float(np.mean(scores)), "from": source}
+
+
 def system_specs(args: CompareArguments, task: TaskSpec, train_records: list[dict] | None):
     """One ``SystemSpec`` per (run, scoring mode) and per baseline, with unique names."""
     from reviewtune.evaluation.cost import SystemSpec
@@ -267,8 +280,10 @@ def main(argv: list[str] | None = None) -> Path:
     records, dropped, subsample = load_test_records(args.test_file, task, args.max_test_samples, args.subsample_seed)
     logger.info("task %s: %d test records (%d dropped: %s)%s", task.name, len(records), sum(dropped.values()),
                 dropped, f", subsample {subsample}" if subsample else "")  # fmt: skip
-    train_file = resolve_train_file(args) if args.baselines else None
+    needs_train = args.baselines or task.name == "regression"
+    train_file = resolve_train_file(args) if needs_train else None
     train_records = read_records(train_file) if train_file else None
+    invalid_score = regression_invalid_score(task, train_records, records)
 
     # Systems: score each (in its own process) and measure its cost
     specs = system_specs(args, task, train_records)
@@ -285,7 +300,8 @@ def main(argv: list[str] | None = None) -> Path:
             failed.append({"name": spec.name, "kind": spec.kind, "scoring": spec.scoring, "run_dir": spec.run_dir,
                            "error": error})  # fmt: skip
             continue
-        metrics = task_metrics(task, records, predictions, n_resamples=args.n_resamples, seed=args.subsample_seed)
+        metrics = task_metrics(task, records, predictions, n_resamples=args.n_resamples, seed=args.subsample_seed,
+                               invalid_score=invalid_score and invalid_score["value"])  # fmt: skip
         logger.info("[%d/%d] %s done in %.1f s: %s = %s, invalid %.1f%%", i, len(specs), spec.name,
                     time.perf_counter() - start, metrics["primary_metric"], metrics.get(metrics["primary_metric"]),
                     100 * metrics["invalid_rate"])  # fmt: skip
@@ -312,6 +328,7 @@ def main(argv: list[str] | None = None) -> Path:
         "task": task,
         "test_file": str(args.test_file),
         "train_file": str(train_file) if train_file else None,
+        "invalid_score": invalid_score,
         "subsample": subsample,
         "test_records_dropped": dropped,
         "systems": systems,

@@ -22,6 +22,7 @@ its last checkpoint; ``--resume_from_checkpoint DIR`` names one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -38,7 +39,6 @@ from reviewtune.models.loading import (
     merge_adapter,
     outside_zero3,
 )
-from reviewtune.prompts import to_instruction
 from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import DataArguments, SFTScriptArguments
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset, eval_stats = instruction_dataset(data.records["validation"], task, tokenizer, max_length)
     logger.info("train: %s; eval: %s", train_stats, eval_stats)
     samples = data.test_or_validation[: script_args.num_sample_predictions]
-    sample_prompts = [to_instruction(r, task, tokenizer, max_length)["prompt"] for r in samples]
+    answer = functools.partial(answer_samples, records=samples, task=task, max_length=max_length,
+                               batch_size=script_args.generation_batch_size)  # fmt: skip
 
     # Model
     model = load_causal_lm(model_path, model_args, training_args)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     before = None
     if not is_sharded(mode) and trainer.is_world_process_zero():
         with rng_preserved():
-            before = answer_samples(trainer.model, tokenizer, sample_prompts, task, script_args)
+            before = answer(trainer.model, tokenizer)
 
     # Train
     train_result = trainer.train(resume_from_checkpoint=resume_from)
@@ -154,14 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         # Sample predictions after training; sharded parameters cannot generate as they are: reload on one device
         if not is_sharded(mode):
-            after = answer_samples(trainer.model, tokenizer, sample_prompts, task, script_args)
+            after = answer(trainer.model, tokenizer)
         else:
             with outside_zero3(trainer.accelerator):
                 reloaded = load_trained_for_generation(out, model_path, model_args, training_args)
-                after = answer_samples(reloaded, tokenizer, sample_prompts, task, script_args)
+                after = answer(reloaded, tokenizer)
                 if method != "full":
                     with reloaded.disable_adapter():
-                        before = answer_samples(reloaded, tokenizer, sample_prompts, task, script_args)
+                        before = answer(reloaded, tokenizer)
         prov = provenance(seed=training_args.seed, data_files=data.files, base_model_hash=base_hash)
         predictions = write_sample_predictions(out, task, samples, before, after, prov)
         summary = run_summary(trainer, train_result, data, [train_stats, eval_stats], eval_metrics, prov, {

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from trl import TrlParser
 
 from reviewtune.training.arguments import PretrainArguments
@@ -49,10 +51,31 @@ def test_configs_are_shipped():
     assert {"sft_qlora_default.yaml", "classify_roberta_default.yaml", "compare_default.yaml"} <= names
 
 
+def _parsed_value(parsed, key: str):
+    for obj in parsed if isinstance(parsed, tuple | list) else (parsed,):
+        if hasattr(obj, key):
+            return getattr(obj, key)
+    raise AssertionError(f"no parsed dataclass has field {key!r}")
+
+
+def _same(parsed_value, yaml_value) -> bool:
+    """A parsed field equals its YAML value (enums compare to their string value; report_to "none" is [])."""
+    if yaml_value == "none" and parsed_value in ([], None, "none", ["none"]):
+        return True
+    if isinstance(yaml_value, float | int) and not isinstance(yaml_value, bool):
+        return isinstance(parsed_value, float | int) and math.isclose(parsed_value, yaml_value)
+    return parsed_value == yaml_value
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_parses(path: Path):
+    """Every key of the file reaches its dataclass with the file's value (nothing dropped or coerced away)."""
     parsed = _parser_for(path)(["--config", str(path)])
-    assert parsed, path
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert values, path
+    for key, value in values.items():
+        got = _parsed_value(parsed, key)
+        assert _same(got, value), f"{path.name}: {key} parsed as {got!r}, the file says {value!r}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -106,7 +106,7 @@ def hub_runs(hub, tmp_path_factory):
     env, data = hub
     out = tmp_path_factory.mktemp("hub_runs")
     sft = _run(env, "recipes/sft_qlora.py", *_train_args(data, out / "sft", CAUSAL_ID), "--max_length", "128",
-               "--save_steps", "100", "--num_sample_predictions", "2", "--max_new_tokens", "4",
+               "--save_steps", "100", "--num_sample_predictions", "2",
                "--trust_remote_code", "true")  # fmt: skip
     assert sft.returncode == 0, sft.stderr[-3000:]
     clf = _run(env, "recipes/classify_roberta.py", *_train_args(data, out / "clf", ROBERTA_ID), "--use_peft", "true",

@@ -257,3 +257,13 @@ def test_task_metrics_aspects_and_regression():
     m = task_metrics(task, records, preds, n_resamples=100)
     assert m["mae"] == approx(0.25)
     assert m["mae_ci"][0] < 0.25 < m["mae_ci"][1]
+
+
+def test_macro_f1_averages_over_classes_present_in_gold_or_predictions():
+    """One convention for single-label and keyword macro-F1: a class absent from both says nothing."""
+    m = classification_metrics([0, 0, 1, 1], [0, 0, 1, 1], ["a", "b", "c"])  # "c" never occurs
+    assert m["macro_f1"] == 1.0 and m["macro_classes"] == 2
+    assert macro_f1([0, 0, 1, 1], [0, 0, 1, 1], 3) == 1.0
+    m = classification_metrics([0, 0, 1, 1], [0, 2, 1, 1], ["a", "b", "c"])  # a wrong "c" counts: F1 0 for c
+    assert m["macro_f1"] == approx((2 / 3 + 1 + 0) / 3) and m["macro_classes"] == 3
+    assert macro_f1([0, 0, 1, 1], [0, 2, 1, 1], 3) == approx(m["macro_f1"])

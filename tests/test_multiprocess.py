@@ -238,7 +238,7 @@ def sft_args(model_dir: Path, data_dir: Path, out: Path, per_device: int, use_cp
         *("--max_steps", str(STEPS), "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no"),
         *("--max_length", "64", "--learning_rate", "5e-3", "--warmup_steps", "0", "--seed", "0"),
         *("--load_in_4bit", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0", "--bf16", "false"),
-        *("--per_device_eval_batch_size", "8", "--num_sample_predictions", "2", "--max_new_tokens", "4"),
+        *("--per_device_eval_batch_size", "8", "--num_sample_predictions", "2"),
         *("--use_cpu", str(use_cpu).lower()),
     ]
 

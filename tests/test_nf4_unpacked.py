@@ -65,7 +65,7 @@ def _argv(model_dir, data_dir, out, *extra) -> list[str]:
         *("--test_file", str(data_dir / "test.jsonl"), "--max_length", "96"),
         *("--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--max_steps", "12"),
         *("--logging_steps", "1", "--save_steps", "100", "--warmup_steps", "0", "--seed", "0"),
-        *("--lora_r", "8", "--lora_alpha", "16", "--max_new_tokens", "8", "--eval_steps", "3"),
+        *("--lora_r", "8", "--lora_alpha", "16", "--eval_steps", "3"),
         *extra,
     ]
 

@@ -121,10 +121,15 @@ def test_markdown_summary_first_then_detail(tmp_path, sentiment_case):
         assert header in table
     sft_row = next(line for line in table.splitlines() if line.startswith("| sft (generate)"))
     assert "0.833 [" in sft_row and "16.7%" in sft_row and "300.0 (batch 8)" in sft_row
-    # the recommendation follows from the numbers: sft has the best accuracy... unless tfidf ties it
+    # The recommendation follows from the predictions themselves (counted here, not read from the report).
+    accuracy = {
+        name: sum(p["label"] == r["sentiment"] and not p["invalid"] for p, r in zip(ps, test, strict=True)) / len(test)
+        for name, ps in preds.items()
+    }
+    best = max(accuracy, key=accuracy.get)
+    assert sorted(accuracy.values())[-1] > sorted(accuracy.values())[-2]  # a clear winner
+    assert f"**{best}** has the best accuracy ({accuracy[best]:.3f};" in md
     data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
-    best = max(data["systems"], key=lambda s: s["metrics"]["accuracy"])
-    assert f"**{best['name']}** has the best accuracy" in md
     assert "All 24 examples of `data/test/records.jsonl`" in md
     assert render_markdown(data) == md  # the documents are rebuilt from report.json alone
 
@@ -227,17 +232,75 @@ def test_recommendation_follows_the_numbers():
     report = {
         "task": {"name": "sentiment"},
         "systems": [system("clf", 0.90, 500.0), system("sft", 0.92, 5.0, invalid=0.01), system("majority", 0.5, 1e5)],
-        "pairwise": [
-            {"system_a": "clf", "system_b": "sft", "p_value": 0.21, "significant": False},
-            {"system_a": "clf", "system_b": "majority", "p_value": 1e-9, "significant": True},
-            {"system_a": "sft", "system_b": "majority", "p_value": 1e-9, "significant": True},
+        "pairwise": [  # b: system_a right where system_b is wrong; c: the reverse
+            {"system_a": "clf", "system_b": "sft", "b": 3, "c": 5, "p_value": 0.21, "significant": False},
+            {"system_a": "clf", "system_b": "majority", "b": 40, "c": 0, "p_value": 1e-9, "significant": True},
+            {"system_a": "sft", "system_b": "majority", "b": 42, "c": 0, "p_value": 1e-9, "significant": True},
         ],
     }
     text = recommendation(report)
-    assert text.startswith("**sft** has the best accuracy (0.920, with 1.0% invalid outputs); the next is clf (0.900)")
+    assert text.startswith(
+        "**sft** has the best accuracy (0.920; 1.0% invalid outputs, counted as wrong); the next is clf (0.900)"
+    )
     assert "not significant (McNemar p = 0.21)" in text and "clf is the faster of the two (500.0 vs 5.0" in text
     report["pairwise"][0].update(p_value=0.001, significant=True)
-    assert "the difference is significant (McNemar p = 0.001 < 0.05)." in recommendation(report)
+    assert "the difference is significant (McNemar p = 0.001 < 0.05; right where the other is wrong: 5 vs 3" in (
+        recommendation(report)
+    )
+
+
+def _regression_report(tmp_path, predictions_by_system: dict[str, list[float | None]], gold: list[float]):
+    """A regression report of the given predictions, built by the harness's own metric and report code."""
+    from reviewtune.evaluation.metrics import task_metrics
+    from reviewtune.evaluation.prediction_schema import new_prediction
+
+    task = get_task("regression")
+    records = [{"id": str(i), "text": f"리뷰 {i}", "score": g} for i, g in enumerate(gold)]
+    preds = {
+        name: [new_prediction(str(i), score=v, invalid=v is None, invalid_reason="no_number" if v is None else None)
+               for i, v in enumerate(values)]  # fmt: skip
+        for name, values in predictions_by_system.items()
+    }
+    train_mean = 3.0
+    cost = dict.fromkeys(COST_KEYS)
+    systems = [
+        {"name": name, "kind": "generative", "scoring": "generate", "run_dir": None, "cost": cost,
+         "metrics": task_metrics(task, records, p, n_resamples=0, invalid_score=train_mean)}
+        for name, p in preds.items()
+    ]  # fmt: skip
+    report = {"task": task, "test_file": "test.jsonl", "subsample": None, "systems": systems,
+              "invalid_score": {"value": train_mean, "from": "train"}}  # fmt: skip
+    write_report(tmp_path, report, records, preds)
+    return json.loads((tmp_path / "report.json").read_text(encoding="utf-8")), (tmp_path / "report.md").read_text()
+
+
+def test_regression_recommendation_charges_invalid_outputs(tmp_path):
+    # A is exact on 10 reviews and invalid on 90; B is valid everywhere with error 0.3 (the issue's case).
+    gold = [1.0, 5.0] * 50
+    a = [g if i < 10 else None for i, g in enumerate(gold)]
+    b = [g - 0.3 for g in gold]
+    report, md = _regression_report(tmp_path, {"A": a, "B": b}, gold)
+    metrics = {s["name"]: s["metrics"] for s in report["systems"]}
+    assert metrics["A"]["mae_valid"] == 0.0 and metrics["A"]["mae"] > 1.5  # 90 invalid scored as 3.0: error 2
+    text = recommendation(report)
+    assert text.startswith("**B** has the best mae (0.300; 0.0% invalid outputs, scored as the training mean)")
+    assert "the next is A" in text and "significant (McNemar" in text  # b (B right, A wrong) = 90 for B
+    assert "Here that score is 3, the mean of the train records." in md
+
+
+def test_recommendation_never_calls_a_lead_significant_against_the_paired_test(tmp_path):
+    # A misses every review by 0.6 (MAE 0.6, never within the 0.5 tolerance); B is exact on 60 and 2.0 off on 40
+    # (MAE 0.8). A wins on MAE, but B is right where A is wrong on 60 examples and never the reverse.
+    gold = [3.0] * 100
+    a = [3.6] * 100
+    b = [3.0] * 60 + [5.0] * 40
+    report, _ = _regression_report(tmp_path, {"A": a, "B": b}, gold)
+    test = report["pairwise"][0]
+    assert test["significant"]
+    text = recommendation(report)
+    assert text.startswith("**A** has the best mae (0.600;")
+    assert "the paired test favours B (right where A is wrong on 60 examples, the reverse on 0" in text
+    assert "no significant lead" in text and "the difference is significant" not in text
 
 
 def test_disagreements_between_models_come_first(sentiment_case):

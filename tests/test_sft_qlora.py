@@ -20,6 +20,7 @@ from reviewtune.models.quantization import keep_4bit_weights_unpacked
 from reviewtune.prompts import to_instruction
 from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
 from reviewtune.training.run_directory import SUMMARY_KEYS
+from reviewtune.training.sample_predictions import answer_samples
 from reviewtune.training.sft_examples import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def _argv(model_dir, data_dir, output_dir, *extra) -> list[str]:
         *("--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3"),
         *("--max_steps", "24", "--logging_steps", "1", "--save_steps", "12", "--warmup_steps", "0", "--seed", "0"),
         *("--lr_scheduler_type", "constant"),
-        *("--lora_r", "8", "--lora_alpha", "16", "--num_sample_predictions", "4", "--max_new_tokens", "12"),
+        *("--lora_r", "8", "--lora_alpha", "16", "--num_sample_predictions", "4"),
         *extra,
     ]
 
@@ -295,13 +296,14 @@ def test_reloaded_run_answers_like_the_trained_model(qlora_run, tiny_causal_dir,
     preds = json.loads((out / "sample_predictions.json").read_text())["predictions"]
     test_records = [json.loads(line) for line in (data_dir / "test.jsonl").read_text().splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(out)
-    prompts = [to_instruction(r, TASK, tokenizer, 96)["prompt"] for r in test_records[: len(preds)]]
+    samples = test_records[: len(preds)]
     args = SFTConfig(output_dir=str(out), use_cpu=True, bf16=False, report_to="none")
     model_args = ModelConfig(load_in_4bit=True, use_peft=True, use_bnb_nested_quant=True)
     model = load_trained_for_generation(out, str(tiny_causal_dir), model_args, args)
-    after = generate_answers(model, tokenizer, prompts, max_new_tokens=12, progress=False)
+    # Answered as the recipe answers its samples: the harness's generate scoring at the trained max_length (96).
+    after = [a["answer"] for a in answer_samples(model, tokenizer, samples, TASK, max_length=96, batch_size=16)]
     with model.disable_adapter():
-        before = generate_answers(model, tokenizer, prompts, max_new_tokens=12, progress=False)
+        before = [a["answer"] for a in answer_samples(model, tokenizer, samples, TASK, max_length=96, batch_size=16)]
     assert after == [p["after"] for p in preds]
     assert before == [p["before"] for p in preds]
     assert after != before

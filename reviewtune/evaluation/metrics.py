@@ -67,9 +67,14 @@ def classification_metrics(
         raise ValueError(f"y_pred has labels outside 0..{len(labels) - 1}: {sorted(set(yp.tolist()) - set(labels))}")
     n_invalid = int((yp == _INVALID_ID).sum())
     averages = {}
+    # Macro-F1 over the classes present in the gold labels or the predictions (the keyword tables' convention):
+    # a class absent from both says nothing about the system.
+    present = sorted((set(yt.tolist()) | set(yp.tolist())) - {_INVALID_ID})
     for avg in ("macro", "micro", "weighted"):
-        _, _, f, _ = precision_recall_fscore_support(yt, yp, labels=labels, average=avg, zero_division=0)
+        average_over = present if avg == "macro" else labels
+        _, _, f, _ = precision_recall_fscore_support(yt, yp, labels=average_over, average=avg, zero_division=0)
         averages[f"{avg}_f1"] = float(f)
+    averages["macro_classes"] = len(present)
     cm_labels = labels + ([_INVALID_ID] if n_invalid else [])
     cm = confusion_matrix(yt, yp, labels=cm_labels)[: len(labels)]  # no true row is ever invalid
     out: dict[str, Any] = {
@@ -162,21 +167,35 @@ def aspect_metrics(
     return out
 
 
-def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float | None]) -> dict[str, Any]:
-    """Pearson, Spearman, MSE, MAE over the valid predictions; ``invalid_rate`` for the ``None`` ones.
+def regression_metrics(
+    y_true: Sequence[float], y_pred: Sequence[float | None], invalid_as: float | None = None
+) -> dict[str, Any]:
+    """Pearson, Spearman, MSE, MAE, and ``invalid_rate`` for the ``None`` predictions.
 
-    An invalid number has no error to average, so the error metrics are over ``n_valid`` examples and
-    the invalid rate is reported next to them.
+    With ``invalid_as`` (the harness passes the training records' mean score) an invalid prediction is scored as
+    that value, so the error metrics charge it; ``mae_valid`` / ``mse_valid`` are over the valid ones only.
+    Without it every metric is over the ``n_valid`` valid predictions.
     """
     n = len(y_true)
     if len(y_pred) != n:
         raise ValueError(f"y_true has {n} items but y_pred has {len(y_pred)}")
     if n == 0:
         raise ValueError("no examples to score")
-    keep = [i for i, p in enumerate(y_pred) if p is not None]
+    valid = [i for i, p in enumerate(y_pred) if p is not None]
+    out: dict[str, Any] = {"n": n, "n_valid": len(valid), "invalid_rate": (n - len(valid)) / n}
+    if valid:
+        yt_valid = np.asarray([y_true[i] for i in valid], dtype=float)
+        yp_valid = np.asarray([y_pred[i] for i in valid], dtype=float)
+        out["mae_valid"] = float(mean_absolute_error(yt_valid, yp_valid))
+        out["mse_valid"] = float(mean_squared_error(yt_valid, yp_valid))
+    if invalid_as is not None:
+        out["invalid_scored_as"] = float(invalid_as)
+        keep = list(range(n))
+        filled = [invalid_as if p is None else p for p in y_pred]
+    else:
+        keep, filled = valid, y_pred
     yt = np.asarray([y_true[i] for i in keep], dtype=float)
-    yp = np.asarray([y_pred[i] for i in keep], dtype=float)
-    out: dict[str, Any] = {"n": n, "n_valid": len(keep), "invalid_rate": (n - len(keep)) / n}
+    yp = np.asarray([filled[i] for i in keep], dtype=float)
     if len(keep) >= 2 and np.ptp(yt) > 0 and np.ptp(yp) > 0:
         out["pearson"] = _finite(stats.pearsonr(yt, yp).statistic)
         out["spearman"] = _finite(stats.spearmanr(yt, yp).statistic)
@@ -328,9 +347,10 @@ def _label_array(y_pred: Sequence[int | None]) -> np.ndarray:
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int | None], num_labels: int) -> float:
-    """Macro-F1 over labels ``0..num_labels-1`` (``None`` = invalid), the statistic for bootstrap CIs.
+    """Macro-F1 over the labels of ``0..num_labels-1`` present in gold or predictions (``None`` = invalid), the
+    statistic for bootstrap CIs.
 
-    Same value as scikit-learn's ``f1_score(average="macro", labels=..., zero_division=0)`` (checked in
+    Same value as scikit-learn's ``f1_score(average="macro", labels=<present>, zero_division=0)`` (checked in
     the tests), computed from counts: sklearn's input validation costs milliseconds per call, which
     1000 resamples per system multiply into most of a report's run time.
     """
@@ -341,7 +361,8 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int | None], num_labels: in
     n_pred = np.bincount(yp[yp >= 0], minlength=num_labels)[:num_labels]
     denom = n_true + n_pred
     f1 = np.divide(2 * tp, denom, out=np.zeros(num_labels), where=denom > 0)  # F1 = 2TP / (2TP + FP + FN)
-    return float(f1.mean())
+    present = denom > 0  # in gold or predictions
+    return float(f1[present].mean()) if present.any() else 0.0
 
 
 def _micro_f1_counts(tp: np.ndarray, n_gold: np.ndarray, n_pred: np.ndarray) -> float:
@@ -366,13 +387,20 @@ def predicted_values(task_name: str, predictions: Sequence[dict]) -> list[Any]:
 
 
 def task_metrics(
-    task, records: Sequence[dict], predictions: Sequence[dict], *, n_resamples: int = 1000, seed: int = 0
+    task,
+    records: Sequence[dict],
+    predictions: Sequence[dict],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    invalid_score: float | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``task`` (a ``TaskSpec``) for prediction dicts aligned with ``records``, plus 95% CIs.
 
     Prediction dicts: ``{"id", "label", "probs", "aspects", "score", "invalid", "invalid_reason"}``.
     Adds ``<metric>_ci: [low, high]`` for the headline metrics (``n_resamples=0`` skips them),
-    ``invalid_reasons`` (reason -> count), and ``primary_metric``.
+    ``invalid_reasons`` (reason -> count), and ``primary_metric``. Invalid predictions are wrong for the
+    classification metrics; for regression they are scored as ``invalid_score`` when it is given.
     """
     if len(records) != len(predictions):
         raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
@@ -400,8 +428,9 @@ def task_metrics(
         ci = {"exact_match": per_example_correct(task.name, true, pred), "micro_f1": _micro_f1_counts}
         ci_data = {"micro_f1": (tp, n_gold, n_pred)}
     elif task.name == "regression":
-        out = regression_metrics(true, pred)
-        abs_err = [abs(float(q) - float(t)) for t, q in zip(true, pred, strict=True) if q is not None]
+        out = regression_metrics(true, pred, invalid_as=invalid_score)
+        filled = pred if invalid_score is None else [invalid_score if q is None else q for q in pred]
+        abs_err = [abs(float(q) - float(t)) for t, q in zip(true, filled, strict=True) if q is not None]
         ci = {"mae": abs_err} if abs_err else {}
     else:
         raise ValueError(f"unknown task {task.name!r}")

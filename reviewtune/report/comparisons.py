@@ -16,7 +16,7 @@ from reviewtune.evaluation.metrics import (
     per_example_correct,
     predicted_values,
 )
-from reviewtune.report.schema import ALPHA, CORRECT_WHEN, MAX_DISAGREEMENTS
+from reviewtune.report.schema import ALPHA, CORRECT_WHEN, INVALID_CHARGE, MAX_DISAGREEMENTS
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
 
 
@@ -103,7 +103,9 @@ def disagreement_examples(
 
 
 def recommendation(report: dict) -> str:
-    """One sentence from the numbers: the best system on the primary metric, and whether its lead is significant."""
+    """One sentence from the numbers: the best system on the primary metric (invalid outputs charged: wrong for a
+    label, no keyword for aspects, the training mean for a score), its invalid share, and whether the paired test
+    finds its lead over the next system significant in its favour."""
     task_name = report["task"]["name"]
     metric = PRIMARY_METRIC[task_name]
     scored = [s for s in report["systems"] if s["metrics"].get(metric) is not None]
@@ -111,9 +113,11 @@ def recommendation(report: dict) -> str:
         return f"No system has a {metric} value; nothing to recommend."
     ranked = sorted(scored, key=lambda s: s["metrics"][metric], reverse=metric not in LOWER_IS_BETTER)
     best = ranked[0]
-    text = f"**{best['name']}** has the best {metric} ({best['metrics'][metric]:.3f}"
     invalid = best["metrics"].get("invalid_rate") or 0.0
-    text += f", with {invalid:.1%} invalid outputs)" if invalid else ")"
+    text = (
+        f"**{best['name']}** has the best {metric} ({best['metrics'][metric]:.3f}; {invalid:.1%} invalid outputs, "
+        f"{INVALID_CHARGE[task_name]})"
+    )
     if len(ranked) == 1:
         return text + "."
     second = ranked[1]
@@ -123,8 +127,19 @@ def recommendation(report: dict) -> str:
     text += f"; the next is {second['name']} ({second['metrics'][metric]:.3f})"
     if test is None:
         return text + "."
+    # b: system_a right where system_b is wrong; c: the reverse.
+    only_best, only_second = (test["b"], test["c"]) if test["system_a"] == best["name"] else (test["c"], test["b"])
+    if test["significant"] and only_best > only_second:
+        return text + (
+            f", and the difference is significant (McNemar p = {test['p_value']:.3g} < {ALPHA}; right where the "
+            f"other is wrong: {only_best} vs {only_second} examples)."
+        )
     if test["significant"]:
-        return text + f", and the difference is significant (McNemar p = {test['p_value']:.3g} < {ALPHA})."
+        return text + (
+            f", but the paired test favours {second['name']} (right where {best['name']} is wrong on {only_second} "
+            f"examples, the reverse on {only_best}; McNemar p = {test['p_value']:.3g}, correct when "
+            f"{CORRECT_WHEN[task_name]}): no significant lead."
+        )
     faster = _faster(best, second)
     tail = ""
     if faster:

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from reviewtune.report.comparisons import recommendation
 from reviewtune.report.plots import plot_confusion_matrix, plot_f1_bars, plot_quality_vs_throughput
 from reviewtune.report.schema import CORRECT_WHEN
-from reviewtune.report.tables import failed_systems, fmt, pairwise_rows, subsample_statement, summary_table
+from reviewtune.report.tables import (
+    failed_systems,
+    fmt,
+    pairwise_rows,
+    quality_note,
+    subsample_statement,
+    summary_table,
+)
 
 # Which highlighted words are marked (here and in ``reviewtune.analysis.highlights``): those scoring at least this share
 # of the top word's score, and none when the top score (a drop in probability) is under MIN_DROP.
@@ -89,6 +96,7 @@ def render_html(report: dict) -> str:
         "<h2>Head-to-head</h2>",
         _html_table(header, [[esc(c) for c in row] for row in rows]),
         f"<p>Recommendation: {esc(recommendation(report)).replace('**', '')}</p>",
+        f"<p class='note'>{esc(quality_note(report)).replace('`', '')}</p>",
         *[f"<p class='failed'>Not scored: <b>{esc(f['name'])}</b> ({esc(f['kind'])}, {esc(f['scoring'])}): "
           f"{esc(f['error'])}</p>" for f in failed_systems(report)],
         "<h2>Quality versus throughput</h2>",

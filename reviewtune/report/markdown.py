@@ -6,8 +6,15 @@ from reviewtune.evaluation.metrics import (
     PRIMARY_METRIC,
 )
 from reviewtune.report.comparisons import recommendation
-from reviewtune.report.schema import CORRECT_WHEN, INVALID_NOTE
-from reviewtune.report.tables import failed_systems, fmt, pairwise_rows, subsample_statement, summary_table
+from reviewtune.report.schema import CORRECT_WHEN
+from reviewtune.report.tables import (
+    failed_systems,
+    fmt,
+    pairwise_rows,
+    quality_note,
+    subsample_statement,
+    summary_table,
+)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -35,7 +42,7 @@ def render_markdown(report: dict) -> str:
         f"Recommendation: {recommendation(report)}",
         "",
         *[f"Not scored: **{f['name']}** ({f['kind']}, {f['scoring']}): {f['error']}\n" for f in failed_systems(report)],
-        f"Quality: point estimate [95% percentile bootstrap interval]. {INVALID_NOTE[task_name]} "
+        f"Quality: point estimate [95% percentile bootstrap interval]. {quality_note(report)} "
         f"Latency: per review at batch 1; throughput at the batch size shown. Primary metric: "
         f"`{PRIMARY_METRIC[task_name]}`.",
         "",

@@ -75,13 +75,21 @@ CORRECT_WHEN = {
 }
 
 
+MACRO_NOTE = "Macro-F1 averages over the classes (keywords) present in the gold labels or the predictions."
 INVALID_NOTE = {
-    "sentiment": "Invalid outputs count as wrong.",
-    "sentiment5": "Invalid outputs count as wrong.",
-    "aspects": "Invalid outputs count as detecting no keyword and are never an exact match. Keyword macro-F1 "
-    "averages over the keywords present in the gold labels or the predictions.",
-    "regression": "Invalid outputs are left out of MAE, MSE and the correlations (see the invalid rate) and "
-    "count as wrong in the paired tests.",
+    "sentiment": f"Invalid outputs count as wrong. {MACRO_NOTE}",
+    "sentiment5": f"Invalid outputs count as wrong. {MACRO_NOTE}",
+    "aspects": f"Invalid outputs count as detecting no keyword and are never an exact match. {MACRO_NOTE}",
+    "regression": "Invalid outputs are scored as the training records' mean score (each system's "
+    "`invalid_scored_as`) in MAE, MSE and the correlations, and count as wrong in the paired tests; `mae_valid` "
+    "is the MAE of the valid outputs alone.",
+}
+# How the recommendation says an invalid output was charged for, per task.
+INVALID_CHARGE = {
+    "sentiment": "counted as wrong",
+    "sentiment5": "counted as wrong",
+    "aspects": "counted as detecting no keyword",
+    "regression": "scored as the training mean",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reviewtune.report.schema import ALPHA, QUALITY_COLUMNS
+from reviewtune.report.schema import ALPHA, INVALID_NOTE, QUALITY_COLUMNS
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -129,3 +129,12 @@ def pairwise_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 def failed_systems(report: dict) -> list[dict]:
     """Systems the harness could not load or score (named in the report with their error)."""
     return report.get("failed_systems") or []
+
+
+def quality_note(report: dict) -> str:
+    """How invalid outputs are charged and how macro averages are taken, with the regression fallback's value."""
+    note = INVALID_NOTE[report["task"]["name"]]
+    fallback = report.get("invalid_score")
+    if fallback:
+        note += f" Here that score is {fallback['value']:g}, the mean of the {fallback['from']} records."
+    return note

@@ -57,8 +57,10 @@ class SFTScriptArguments:
     num_sample_predictions: int = field(
         default=8, metadata={"help": "Test reviews answered before and after training (sample_predictions.json)."}
     )
-    max_new_tokens: int = field(default=32, metadata={"help": "Generation budget for the sample predictions."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Batch size for the sample predictions."})
+    generation_batch_size: int = field(
+        default=16,
+        metadata={"help": "Batch size for the sample predictions (answered as eval/compare.py's generate scoring)."},
+    )
 
 
 @dataclass

@@ -201,13 +201,31 @@ def class_weights(examples: list[dict], head: Head, mode: str, max_weight: float
     return np.clip(w, 1.0 / max_weight, max_weight).round(6).tolist()
 
 
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str, weights: torch.Tensor | None):
-    """Mean loss of a batch: weighted cross-entropy, BCE with ``pos_weight``, or MSE."""
+def loss_normaliser(labels: torch.Tensor, problem_type: str, weights: torch.Tensor | None) -> torch.Tensor:
+    """What a batch's summed loss is divided by: the sum of its examples' class weights (weighted cross-entropy,
+    as ``F.cross_entropy(weight=...)`` normalises), else the number of examples (or of example x keyword cells)."""
+    if problem_type == SINGLE_LABEL and weights is not None:
+        return weights.to(labels.device)[labels.long()].sum()
+    return torch.tensor(float(labels.numel()), device=labels.device)
+
+
+def weighted_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    problem_type: str,
+    weights: torch.Tensor | None,
+    normaliser: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Class-weighted cross-entropy, BCE with ``pos_weight``, or MSE: summed over the batch and divided by
+    ``normaliser`` (default: this batch's own, :func:`loss_normaliser`). Divided by the normaliser of every
+    micro-batch of an accumulated batch, the micro-batches' losses add up to the whole batch's loss."""
     if problem_type == REGRESSION:
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-    if problem_type == MULTI_LABEL:
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights)
-    return F.cross_entropy(logits.float(), labels.long(), weight=weights)
+        total = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+    elif problem_type == MULTI_LABEL:
+        total = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights, reduction="sum")
+    else:
+        total = F.cross_entropy(logits.float(), labels.long(), weight=weights, reduction="sum")
+    return total / (loss_normaliser(labels, problem_type, weights) if normaliser is None else normaliser)
 
 
 def probabilities(logits: np.ndarray, head: Head) -> np.ndarray:

@@ -6,16 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from reviewtune.atomic import atomic_write_json
-from reviewtune.evaluation.generation import generate_answers
-from reviewtune.prompts import format_answer, parse_answer
+from reviewtune.evaluation.predict import predict
+from reviewtune.evaluation.systems import System
+from reviewtune.prompts import format_answer
 from reviewtune.tasks import TaskSpec
 
 
-def answer_samples(model, tokenizer, prompts: list[str], task: TaskSpec, script_args) -> list[dict]:
-    """Greedy answers to ``prompts``, each with whether the task's parser can read it."""
-    budget, batch = script_args.max_new_tokens, script_args.generation_batch_size
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=budget, batch_size=batch)
-    return [{"answer": a, "valid": (p := parse_answer(a, task)).valid, "reason": p.reason} for a in answers]
+def answer_samples(model, tokenizer, records: list[dict], task: TaskSpec, max_length: int | None, batch_size: int):
+    """Greedy answers to ``records`` exactly as ``eval/compare.py``'s ``generate`` scoring gives them (its prompts,
+    cut to the same budget, and its answer-token budget), each with whether the task's parser can read it."""
+    system = System.of_model(Path("."), "generative", task, {"config": {"max_length": max_length}}, model, tokenizer)
+    predictions = predict(system, records, scoring="generate", batch_size=batch_size, progress=False)
+    return [{"answer": p["raw"], "valid": not p["invalid"], "reason": p["invalid_reason"]} for p in predictions]
 
 
 def write_sample_predictions(
