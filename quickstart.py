@@ -28,10 +28,16 @@ from reviewtune.provenance import provenance
 ROOT = Path(__file__).resolve().parent
 
 
+class StepFailed(Exception):
+    """A step's command exited with an error (its own output says why)."""
+
+
 def run(step: str, cmd: list[str], timings: dict[str, float]) -> None:
     print(f"\n=== {step}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    if code != 0:
+        raise StepFailed(f"step {step} failed (exit code {code}); its output above says why")
     timings[step] = round(time.perf_counter() - start, 1)
     print(f"=== {step} done in {timings[step]:.0f} s", flush=True)
 
@@ -41,7 +47,10 @@ def main() -> None:
     parser.add_argument("--output_dir", default="outputs/quickstart")
     args = parser.parse_args()
     out = Path(args.output_dir)
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    # accelerate's own defaults for one process, stated (else it warns that it used them); -q: a failing step's
+    # one-line error is not followed by accelerate's traceback.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-q"]  # fmt: skip
     timings: dict[str, float] = {}
     total = time.perf_counter()
 
@@ -78,4 +87,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -28,6 +28,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from reviewtune.atomic import atomic_write_json
+from reviewtune.cli import argument_parser, run_cli
 from reviewtune.provenance import provenance
 from reviewtune.records import drop_reason, read_records, sort_aspects, write_records
 from reviewtune.tasks import TASKS, TaskSpec, get_task
@@ -119,24 +120,21 @@ def merge(
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(MergeArguments).parse_args_into_dataclasses(args=argv)
-    try:
-        if args.run:
-            task = TaskSpec.load(args.run)
-        elif args.task:
-            task = get_task(args.task, keywords=args.keywords, label_names=args.label_names)
-        else:
-            raise MergeError("give --task or --run (the task the labels are for)")
-        train = read_records(args.train)
-        labelled = {}
-        for path in args.labelled:
-            if Path(path).name in labelled:
-                raise MergeError(f"two labelled files are named {Path(path).name}; rename one")
-            labelled[Path(path).name] = read_records(path)
-        merged, report = merge(train, labelled, task, args.on_duplicate, args.new_first)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    usage = "python data_prep/merge_labels.py --train FILE --labelled FILE [FILE ...] --out FILE [--OPTION VALUE]"
+    (args,) = argument_parser(HfArgumentParser, MergeArguments, usage).parse_args_into_dataclasses(args=argv)
+    if args.run:
+        task = TaskSpec.load(args.run)
+    elif args.task:
+        task = get_task(args.task, keywords=args.keywords, label_names=args.label_names)
+    else:
+        raise MergeError("give --task or --run (the task the labels are for)")
+    train = read_records(args.train)
+    labelled = {}
+    for path in args.labelled:
+        if Path(path).name in labelled:
+            raise MergeError(f"two labelled files are named {Path(path).name}; rename one")
+        labelled[Path(path).name] = read_records(path)
+    merged, report = merge(train, labelled, task, args.on_duplicate, args.new_first)
     out = Path(args.out)
     files = {"train": args.train, **{f"labelled:{p}": p for p in args.labelled}}
     # Provenance hashes the inputs before --out (which may be --train) is written.
@@ -151,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

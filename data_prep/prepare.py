@@ -19,7 +19,8 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
-from reviewtune.data.prepare import DataError, prepare, summary_line
+from reviewtune.cli import argument_parser, run_cli
+from reviewtune.data.prepare import prepare, summary_line
 
 
 @dataclass
@@ -31,7 +32,17 @@ class PrepareArguments:
     input: str | None = field(default=None, metadata={"help": "Input file, or datasets name/path (not synthetic)."})
     # --- columns (csv, jsonl, hf; nsmc-raw: text/label/id)
     text_column: str | None = field(default=None, metadata={"help": "Review text column, if not text."})
-    label_column: str | None = field(default=None, metadata={"help": "Class column, if not label or sentiment."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column (class, star rating or score), if not label or sentiment."}
+    )
+    label_scheme: Literal["auto", "class", "stars5", "rating10"] = field(
+        default="auto",
+        metadata={
+            "help": "How a sentiment label column is read: class (0..n-1 or label names), stars5 (1-5 stars: 1-2 "
+            "negative, 4-5 positive, 3 dropped; five levels: 1..5), rating10 (NSMC's 1-10 rule); auto detects it "
+            "from the values and says which."
+        },
+    )
     id_column: str | None = field(
         default=None, metadata={"help": "Id column, if not id (no id column: file name + line)."}
     )
@@ -61,15 +72,15 @@ class PrepareArguments:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses(args=argv)
-    try:
-        report = prepare(**asdict(args))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    usage = "python data_prep/prepare.py --source SOURCE --input FILE --task TASK --out DIR [--OPTION VALUE ...]"
+    (args,) = argument_parser(HfArgumentParser, PrepareArguments, usage).parse_args_into_dataclasses(args=argv)
+    report = prepare(**asdict(args))
+    scheme = report["info"].get("label_scheme")
+    if scheme:
+        print(f"label column {scheme['column']!r} read as {scheme['rule']} ({scheme['chosen']}; --label_scheme to set)")
     print(f"{args.out}: {summary_line(report)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -40,6 +40,7 @@ from reviewtune.analysis.selection import (
     unavailable,
 )
 from reviewtune.atomic import atomic_write_json, atomic_write_jsonl
+from reviewtune.cli import argument_parser, run_cli
 from reviewtune.evaluation.systems import load_system
 from reviewtune.provenance import provenance
 
@@ -68,20 +69,18 @@ class SelectArguments:
     batch_size: int = field(default=32, metadata={"help": "Inputs per forward pass."})
     merged: bool = field(default=False, metadata={"help": "Load a generative run's merged/ model."})
     seed: int = field(default=0, metadata={"help": "Seed for k-means and proportional sampling."})
+    encoding: str = field(default="utf-8", metadata={"help": "Pool encoding: utf-8 (BOM accepted), cp949, euc-kr."})
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(SelectArguments).parse_args_into_dataclasses(args=argv)
+    usage = "python data_prep/select_for_labeling.py --run RUN --pool FILE --k N --out FILE [--OPTION VALUE ...]"
+    (args,) = argument_parser(HfArgumentParser, SelectArguments, usage).parse_args_into_dataclasses(args=argv)
     if args.k < 1:
         print("error: --k must be at least 1", file=sys.stderr)
         return 2
-    try:
-        peek = peek_system(args.run)  # checked before loading the model, so a refusal is one line
-        pool, dropped, n_read = load_pool(args.pool, args.exclude)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    peek = peek_system(args.run)  # checked before loading the model, so a refusal is one line
+    pool, dropped, n_read = load_pool(args.pool, args.exclude, encoding=args.encoding)
     strategy = args.strategy or default_strategy(peek, args.scoring)
     strategies = [s.strip() for s in strategy.split(",") if s.strip()]
     if not strategies or len(set(strategies)) != len(strategies) or not set(strategies) <= set(STRATEGIES):
@@ -143,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -30,6 +30,7 @@ import numpy as np
 from trl import TrlParser
 
 from reviewtune.atomic import atomic_write_jsonl, read_json
+from reviewtune.cli import argument_parser, run_cli
 from reviewtune.records import load_task_records, read_records
 from reviewtune.tasks import TaskSpec, get_task
 
@@ -60,6 +61,7 @@ class CompareArguments:
         default=None, metadata={"help": "Score a seeded random subsample of this many test records (stated)."}
     )
     subsample_seed: int = field(default=0, metadata={"help": "Seed of the test subsample and of the bootstrap."})
+    encoding: str = field(default="utf-8", metadata={"help": "Encoding of test_file and train_file (BOM accepted)."})
     # Systems
     generative_runs: list[str] = field(
         default_factory=list, metadata={"help": "Run directories of recipes/sft_qlora.py."}
@@ -82,7 +84,9 @@ class CompareArguments:
     isolate: bool = field(
         default=True, metadata={"help": "Score each system in its own process (peak memory per system)."}
     )
-    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the 95% intervals (0: none)."})
+    n_resamples: int = field(
+        default=1000, metadata={"help": "Bootstrap resamples of the 95 percent intervals (0: none)."}
+    )
     # Output
     out_dir: str = field(default="outputs/compare", metadata={"help": "Where the report is written."})
 
@@ -104,7 +108,8 @@ def parse_args(argv: list[str] | None = None) -> CompareArguments:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     config_path = argv[argv.index("--config") + 1]
     try:
-        (args,) = TrlParser(CompareArguments).parse_args_and_config(argv)
+        usage = "python eval/compare.py [--config FILE] [--OPTION VALUE ...]"
+        (args,) = argument_parser(TrlParser, CompareArguments, usage, allow_abbrev=False).parse_args_and_config(argv)
     except ValueError as e:
         raise ValueError(f"{config_path}: {e}") from e
     return args
@@ -156,15 +161,12 @@ def resolve_train_file(args: CompareArguments) -> str | None:
 
 
 def load_test_records(
-    path: str, task: TaskSpec, max_samples: int | None, seed: int
+    path: str, task: TaskSpec, max_samples: int | None, seed: int, encoding: str = "utf-8"
 ) -> tuple[list[dict], dict[str, int], dict | None]:
-    """Usable test records (in file order), dropped counts by reason, and the subsample statement."""
-    kept, report = load_task_records(path, task)
+    """Usable test records (in file order; a repeated id dropped and counted, as every unusable record), dropped
+    counts by reason, and the subsample statement."""
+    kept, report = load_task_records(path, task, encoding)
     dropped = report["dropped"]
-    ids = [str(r["id"]) for r in kept]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: duplicate record id {dup!r}; systems are matched example by example on ids")
     subsample = None
     if max_samples is not None and max_samples < len(kept):
         idx = np.sort(np.random.default_rng(seed).choice(len(kept), size=max_samples, replace=False))
@@ -277,12 +279,13 @@ def main(argv: list[str] | None = None) -> Path:
         from reviewtune.defaults import default_file
 
         args.test_file = default_file("test")
-    records, dropped, subsample = load_test_records(args.test_file, task, args.max_test_samples, args.subsample_seed)
+    records, dropped, subsample = load_test_records(args.test_file, task, args.max_test_samples, args.subsample_seed,
+                                                    args.encoding)  # fmt: skip
     logger.info("task %s: %d test records (%d dropped: %s)%s", task.name, len(records), sum(dropped.values()),
                 dropped, f", subsample {subsample}" if subsample else "")  # fmt: skip
     needs_train = args.baselines or task.name == "regression"
     train_file = resolve_train_file(args) if needs_train else None
-    train_records = read_records(train_file) if train_file else None
+    train_records = read_records(train_file, args.encoding) if train_file else None
     invalid_score = regression_invalid_score(task, train_records, records)
 
     # Systems: score each (in its own process) and measure its cost
@@ -348,4 +351,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from reviewtune.analysis.highlights import MIN_DROP, NotApplicable, occlude, peek_system, target_kind
+from reviewtune.cli import argument_parser, run_cli
 from reviewtune.evaluation.systems import load_system
 
 
@@ -47,7 +48,8 @@ class HighlightArguments:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(HighlightArguments).parse_args_into_dataclasses(args=argv)
+    usage = "python eval/highlight.py --run RUN --text TEXT [--label N | --keyword K] [--OPTION VALUE ...]"
+    (args,) = argument_parser(HfArgumentParser, HighlightArguments, usage).parse_args_into_dataclasses(args=argv)
     if args.label is not None and args.keyword is not None:
         print("error: give --label or --keyword, not both", file=sys.stderr)
         return 2
@@ -80,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from reviewtune.atomic import atomic_write_jsonl
+from reviewtune.cli import argument_parser, run_cli
 from reviewtune.evaluation.predict import predict
 from reviewtune.evaluation.systems import load_system
-from reviewtune.records import read_records
+from reviewtune.records import load_task_records
 
 logger = logging.getLogger("reviewtune.predict")
 
@@ -37,16 +38,17 @@ class PredictArguments:
     )
     batch_size: int = field(default=16, metadata={"help": "Reviews per batch."})
     merged: bool = field(default=False, metadata={"help": "Generative runs: use merged/ instead of base + adapter."})
+    encoding: str = field(default="utf-8", metadata={"help": "Input encoding: utf-8 (BOM accepted), cp949, euc-kr."})
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    (args,) = HfArgumentParser(PredictArguments).parse_args_into_dataclasses(argv if argv is not None else sys.argv[1:])
+    usage = "python eval/predict.py --run RUN --input FILE --out FILE [--scoring MODE]"
+    parser = argument_parser(HfArgumentParser, PredictArguments, usage)
+    (args,) = parser.parse_args_into_dataclasses(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    records = read_records(args.input)
-    empty = [i for i, r in enumerate(records, 1) if not isinstance(r["text"], str) or not r["text"].strip()]
-    if empty:
-        raise ValueError(f"{args.input}: record {empty[0]} has an empty or non-text 'text' field ({len(empty)} such)")
+    # Records with a text; empty texts and repeated ids are dropped and counted (read = kept + dropped).
+    records, report = load_task_records(args.input, None, encoding=args.encoding)
     system = load_system(args.run, merged=args.merged)
     scoring = args.scoring
     if system.kind == "classifier" and scoring in ("generate", "loglik"):
@@ -55,9 +57,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     predictions = predict(system, records, scoring=scoring, batch_size=args.batch_size, progress=True)
     atomic_write_jsonl(args.out, predictions)
     invalid = Counter(p["invalid_reason"] for p in predictions if p["invalid"])
-    print(f"{len(predictions)} predictions written to {args.out}; invalid: {sum(invalid.values())} {dict(invalid)}")
+    shortened = sum(p["shortened"] for p in predictions)
+    dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
+    print(f"{args.input}: read {report['read']} = kept {report['kept']} + dropped {report['read'] - report['kept']}"
+          + (f" ({dropped})" if dropped else ""))  # fmt: skip
+    print(f"{len(predictions)} predictions written to {args.out}; invalid: {sum(invalid.values())} {dict(invalid)}; "
+          f"reviews cut to the model's input limit: {shortened} (field 'shortened')")  # fmt: skip
     return predictions
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

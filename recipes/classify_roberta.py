@@ -25,10 +25,15 @@ the tokenizer, ``task_spec.json``, ``token_freqs.json``, ``classification_report
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ quiets a bitsandbytes import warning, see there)
+
+# isort: split
+
 import copy
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -37,16 +42,17 @@ from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
-    TrainingArguments,
     set_seed,
 )
 from trl import ModelConfig
 
-from reviewtune.atomic import atomic_write_json
+from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.cli import run_cli
 from reviewtune.evaluation.metrics import task_metrics
 from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import ClassifierArguments, DataArguments
+from reviewtune.training.callbacks import EvaluationKeepsRng, TrainingClock
 from reviewtune.training.classifier_heads import (
     ASPECT_COMPONENTS,
     MULTI_LABEL,
@@ -65,15 +71,17 @@ from reviewtune.training.classifier_heads import (
 )
 from reviewtune.training.classifier_trainer import WeightedLossTrainer
 from reviewtune.training.recipe_setup import (
+    ClassifierTrainingArguments,
+    ModelArguments,
     checkpoint_to_resume,
     load_recipe_data,
     load_tokenizer,
     parse_recipe_args,
+    plan_training,
     resolve_base_model,
     setup_logging,
     task_from_args,
 )
-from reviewtune.training.rng import EvaluationKeepsRng
 from reviewtune.training.thresholds import DEFAULT_THRESHOLD, save_thresholds, tune_thresholds
 
 logger = logging.getLogger(__name__)
@@ -95,7 +103,7 @@ COMPONENT_KEYS = (
 
 def parse_args(argv: list[str] | None = None):
     """(data, classifier, training, model) arguments; the embedded default YAML is the base without ``--config``."""
-    dataclass_types = (DataArguments, ClassifierArguments, TrainingArguments, ModelConfig)
+    dataclass_types = (DataArguments, ClassifierArguments, ClassifierTrainingArguments, ModelArguments)
     return parse_recipe_args(dataclass_types, DEFAULT_CONFIG, argv, lora_task_type="SEQ_CLS")
 
 
@@ -130,12 +138,15 @@ def main(argv: list[str] | None = None) -> dict:
         for head in heads_for_task(task)
     }
     out = Path(training_args.output_dir)
+    all_kept = all([c.pop("kept", False) for c in components.values()])  # every model already complete
     if task.name != "aspects":
         summary = components[task.name]
-    elif training_args.process_index == 0:
-        summary = aspect_system_summary(out, task, components, data, **args)
-    else:
+    elif training_args.process_index != 0:
         return {}
+    elif all_kept and (out / "run_summary.json").is_file():
+        summary = read_json(out / "run_summary.json")
+    else:
+        summary = aspect_system_summary(out, task, components, data, **args)
 
     if training_args.process_index == 0:
         print_samples(out, task, data.test_or_validation, clf_args.num_sample_predictions)
@@ -208,7 +219,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
         }
 
     # Trainer: weighted loss, dynamic padding, length-grouped batches (config), early stopping on the metric
-    callbacks = [EvaluationKeepsRng()]
+    callbacks = [EvaluationKeepsRng(), clock := TrainingClock()]
     if clf_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(clf_args.early_stopping_patience, clf_args.early_stopping_threshold))
     trainer = WeightedLossTrainer(
@@ -224,11 +235,11 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
         class_weights=weights,
     )
 
-    # Train (the best checkpoint is loaded at the end when load_best_model_at_end)
+    # Train (the best checkpoint is loaded at the end when load_best_model_at_end; a complete run is kept)
+    resume_from, kept = plan_training(trainer, output_dir, resume_from)
+    if kept is not None:
+        return {**kept, "kept": True}
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if finished := run_directory.already_complete(output_dir, resume_from, trainer.state.global_step):
-        logger.warning("%s was already complete: no step left to train, run_summary.json kept", resume_from)
-        return finished
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
@@ -250,7 +261,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
         "base_model_hash": base_hash,
         "quantization": "none",
         "method": method,
-        **training_facts(trainer, train_result, tokenized),
+        **training_facts(trainer, train_result, clock, tokenized),
         "trainable_params": trainable_params,
         "total_params": total_params,
         "peak_memory_bytes": run_directory.peak_memory_bytes(),
@@ -285,10 +296,10 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
     return summary
 
 
-def training_facts(trainer, train_result, tokenized) -> dict:
+def training_facts(trainer, train_result, clock, tokenized) -> dict:
     """Examples, time, tokens/s, losses and steps of one trained model (summary fields)."""
     train_dataset, n_shortened, n_train_tokens = tokenized["train"]
-    runtime, epochs = train_result.metrics["train_runtime"], trainer.state.epoch or 0.0
+    runtime, epochs = clock.seconds, trainer.state.epoch or 0.0  # resumed parts of the run included
     losses = run_directory.loss_history(trainer)
     return {
         "train_examples": len(train_dataset),
@@ -424,4 +435,4 @@ def print_samples(out: Path, task, records: list[dict], n: int) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    sys.exit(run_cli(main))

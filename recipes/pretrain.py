@@ -4,7 +4,7 @@ RoBERTa (masked LM), saved as a standard model directory that ``AutoModelForCaus
 
 Launch (the corpus is training text only: records.jsonl, .txt, .txt.gz or NSMC TSV)::
 
-    python recipes/pretrain.py --config recipes/configs/pretrain_causal.yaml --output_dir runs/base-causal
+    python recipes/pretrain.py --config recipes/configs/pretrain_causal.yaml  # -> runs/pretrain_causal
     python recipes/pretrain.py --config recipes/configs/pretrain_roberta.yaml \
         --corpus_file data/train/records.jsonl --output_dir runs/base-roberta --max_minutes 5
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import transformers
 from trl import TrlParser
 
-from reviewtune.atomic import atomic_write_json
+from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.cli import argument_parser, run_cli
 from reviewtune.models.pretraining import pretrain
 from reviewtune.provenance import provenance
 from reviewtune.training.arguments import PretrainArguments
@@ -40,9 +41,10 @@ def main(args: PretrainArguments) -> dict:
     logger.info("pre-training arguments %s", args)
 
     # Output directory: a finished model is never overwritten (adapters may have been trained on it)
-    if not args.output_dir:
-        raise ValueError("--output_dir is required")
-    output_dir = Path(args.output_dir)
+    output_dir = Path(args.output_dir or f"runs/pretrain_{args.kind}")
+    if (output_dir / "pretrain_summary.json").is_file():
+        print(f"{output_dir} already holds a pre-trained model: kept as it is (choose another --output_dir to train)")
+        return read_json(output_dir / "pretrain_summary.json")
     if (output_dir / "config.json").exists():
         raise FileExistsError(f"{output_dir} already holds a model; choose another --output_dir or remove it")
 
@@ -76,7 +78,11 @@ def main(args: PretrainArguments) -> dict:
     return result
 
 
+def parse_and_run(argv: list[str] | None = None) -> dict:
+    usage = "python recipes/pretrain.py --config FILE [--output_dir DIR] [--OPTION VALUE ...]"
+    (pretrain_args,) = argument_parser(TrlParser, PretrainArguments, usage).parse_args_and_config(argv)
+    return main(pretrain_args)
+
+
 if __name__ == "__main__":
-    parser = TrlParser(PretrainArguments)
-    (pretrain_args,) = parser.parse_args_and_config()
-    main(pretrain_args)
+    sys.exit(run_cli(parse_and_run))

@@ -22,13 +22,19 @@ its last checkpoint; ``--resume_from_checkpoint DIR`` names one.
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ quiets a bitsandbytes import warning, see there)
+
+# isort: split
+
 import functools
 import logging
+import sys
 from pathlib import Path
 
 from transformers import set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl import SFTTrainer, get_peft_config
 
+from reviewtune.cli import run_cli
 from reviewtune.models.loading import (
     adapters_follow_compute_dtype,
     check_configuration,
@@ -42,16 +48,19 @@ from reviewtune.models.loading import (
 from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import DataArguments, SFTScriptArguments
+from reviewtune.training.callbacks import EvaluationKeepsRng, TrainingClock, rng_preserved
 from reviewtune.training.recipe_setup import (
+    ModelArguments,
+    SFTTrainingConfig,
     checkpoint_to_resume,
     load_recipe_data,
     load_tokenizer,
     parse_recipe_args,
+    plan_training,
     resolve_base_model,
     setup_logging,
     task_from_args,
 )
-from reviewtune.training.rng import EvaluationKeepsRng, rng_preserved
 from reviewtune.training.sample_predictions import answer_samples, print_sample_predictions, write_sample_predictions
 from reviewtune.training.sft_examples import check_packing, instruction_dataset
 
@@ -62,12 +71,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sft_qlora_defaul
 
 def parse_args(argv: list[str] | None = None):
     """(data, script, training, model) arguments; the embedded default YAML is the base without ``--config``."""
-    return parse_recipe_args(
-        (DataArguments, SFTScriptArguments, SFTConfig, ModelConfig),
-        DEFAULT_CONFIG,
-        argv,
-        lora_target_modules="all-linear",
-    )
+    dataclass_types = (DataArguments, SFTScriptArguments, SFTTrainingConfig, ModelArguments)
+    return parse_recipe_args(dataclass_types, DEFAULT_CONFIG, argv, lora_target_modules="all-linear")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset if len(eval_dataset) else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[EvaluationKeepsRng()],
+        callbacks=[EvaluationKeepsRng(), clock := TrainingClock()],
     )
     adapters_follow_compute_dtype(trainer.model, training_args)
     trainable_params, total_params = run_directory.count_parameters(trainer.model)
@@ -127,11 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
         with rng_preserved():
             before = answer(trainer.model, tokenizer)
 
-    # Train
+    # Train (a complete run re-launched is not trained again: its outputs are kept)
+    resume_from, kept = plan_training(trainer, training_args.output_dir, resume_from)
+    if kept is not None:
+        return kept
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if finished := run_directory.already_complete(training_args.output_dir, resume_from, trainer.state.global_step):
-        logger.warning("%s was already complete: no step left to train, run_summary.json kept", resume_from)
-        return finished
     peak_memory = run_directory.peak_memory_bytes()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                         before = answer(reloaded, tokenizer)
         prov = provenance(seed=training_args.seed, data_files=data.files, base_model_hash=base_hash)
         predictions = write_sample_predictions(out, task, samples, before, after, prov)
-        summary = run_summary(trainer, train_result, data, [train_stats, eval_stats], eval_metrics, prov, {
+        summary = run_summary(trainer, train_result, clock, data, [train_stats, eval_stats], eval_metrics, prov, {
             "task": task.name, "base_model": model_path, "base_model_hash": base_hash, "method": method,
             "mode": mode, "resumed_from": resume_from, "trainable_params": trainable_params,
             "total_params": total_params, "peak_memory_bytes": peak_memory,
@@ -190,10 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def run_summary(trainer, train_result, data, stats, eval_metrics: dict, prov: dict, facts: dict) -> dict:
+def run_summary(trainer, train_result, clock, data, stats, eval_metrics: dict, prov: dict, facts: dict) -> dict:
     """``run_summary.json`` of a generative run: the common keys plus the SFT recipe's own."""
     losses = run_directory.loss_history(trainer)
-    runtime = train_result.metrics["train_runtime"]
+    runtime = clock.seconds  # all of the run's training, resumed parts included
     tokens = run_directory.tokens_seen(trainer.state.log_history)  # trl's count of non-padding tokens, all processes
     train_stats, eval_stats = stats
     return {
@@ -231,4 +236,4 @@ def run_summary(trainer, train_result, data, stats, eval_metrics: dict, prov: di
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

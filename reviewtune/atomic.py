@@ -24,9 +24,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder; a file standing where a folder should be is named in the error."""
+    blocking = next((p for p in path.parents if p.is_file()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"{path}: {blocking} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -44,7 +52,7 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
     """Build a directory in the block at the path this yields (a temporary one beside ``path``); when the block
     ends without an error it becomes ``path`` (replacing an existing one if ``replace``), else it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{temporary_prefix(path)}"))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it the permissions of any new directory
     try:

@@ -357,5 +357,6 @@ def test_recipe_writes_model_dir_and_summary_with_provenance(tiny_corpus_file, t
     assert saved["provenance"]["data_files"]["corpus"]["sha256"] and saved["provenance"]["seed"] == 0
     assert saved["last_loss"] < saved["first_loss"]
     AutoModelForCausalLM.from_pretrained(out)
-    with pytest.raises(FileExistsError):  # a finished model is never overwritten
-        recipe.main(args)
+    weights = (out / "model.safetensors").read_bytes()
+    assert recipe.main(args) == saved  # a finished model is never overwritten: re-launched, it is kept as it is
+    assert (out / "model.safetensors").read_bytes() == weights

@@ -272,7 +272,7 @@ def test_records_write_read_round_trip(tmp_path):
 def test_read_records_errors_name_the_record(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "0", "text": "ok"}\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(f"bad.jsonl: record 2: {message}")):
+    with pytest.raises(ValueError, match=re.escape(f"bad.jsonl:2: {message}")):  # file:line, as every reader
         read_records(path)
 
 

@@ -169,3 +169,50 @@ def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path, tiny_robe
     last = load_file(run / "checkpoint-24" / "model.safetensors")
     assert all((final[k] == best[k]).all() for k in final)
     assert any((final[k] != last[k]).any() for k in final)
+
+
+@pytest.mark.parametrize("recipe", ["sft", "classify"])
+def test_a_finished_run_relaunched_changes_nothing(tmp_path, tiny_causal_dir, tiny_roberta_dir, recipe, capsys):
+    """5 steps of 8 per epoch: the last checkpoint is mid-epoch, where transformers would train one step more."""
+    files = _files(tmp_path, "sentiment")
+    run, model = (_sft, tiny_causal_dir) if recipe == "sft" else (_classify, tiny_roberta_dir)
+    args = ("--max_steps", "5", "--save_strategy", "steps", "--save_steps", "2")
+    run(tmp_path, model, files, "sentiment", "run", *args)
+    out = tmp_path / "run"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "checkpoint-5").is_dir()
+    capsys.readouterr()
+    again = run(tmp_path, model, files, "sentiment", "run", *args)
+    assert "is already complete" in capsys.readouterr().out
+    assert again == json.loads((out / "run_summary.json").read_text())  # the kept summary
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # no step, no checkpoint, every file byte for byte as it was
+
+
+def test_a_resumed_run_reports_its_whole_training(tmp_path, tiny_causal_dir, monkeypatch, capsys):
+    from trl import SFTTrainer
+
+    files = _files(tmp_path, "sentiment")
+    args = ("--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2")
+    straight = _sft(tmp_path, tiny_causal_dir, files, "sentiment", "straight", *args)
+    original = SFTTrainer._save_checkpoint
+
+    def save_then_crash(self, model, trial):
+        original(self, model, trial)
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt("simulated kill after checkpoint-4")
+
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _sft(tmp_path, tiny_causal_dir, files, "sentiment", "killed", *args)
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", original)
+    state = json.loads((tmp_path / "killed" / "checkpoint-4" / "trainer_state.json").read_text())
+    clock_at_kill = state["stateful_callbacks"]["TrainingClock"]["attributes"]["seconds"]
+    capsys.readouterr()
+    resumed = _sft(tmp_path, tiny_causal_dir, files, "sentiment", "killed", *args)
+    assert f"Resuming {tmp_path / 'killed'} from {tmp_path / 'killed' / 'checkpoint-4'} (step 4 of 6)" in (
+        capsys.readouterr().out
+    )
+    assert resumed["train_tokens"] == straight["train_tokens"]  # steps 1-4 counted too, not only 5-6
+    assert resumed["train_runtime_s"] > clock_at_kill > 0
+

@@ -26,6 +26,7 @@ from reviewtune.analysis.selection import (
     select,
 )
 from reviewtune.atomic import atomic_write_json, atomic_write_jsonl, read_json
+from reviewtune.cli import run_cli
 from reviewtune.evaluation.systems import load_system
 from reviewtune.records import make_record, read_records, write_records
 from reviewtune.tasks import get_task
@@ -41,7 +42,7 @@ def _cli(name: str, path: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses resolve the CLI's annotations through sys.modules
     spec.loader.exec_module(module)
-    return module.main
+    return lambda argv: run_cli(module.main, argv)  # as the script's __main__ runs it: user errors exit 2
 
 
 select_cli = _cli("select_for_labeling_cli", ROOT / "data_prep" / "select_for_labeling.py")

@@ -23,7 +23,6 @@ the pool (largest remainder), filled by the same round robin inside the group.
 from __future__ import annotations
 
 import collections
-import gzip
 import math
 import re
 from pathlib import Path
@@ -40,6 +39,7 @@ from reviewtune.analysis.highlights import (
     target_kind,
 )
 from reviewtune.atomic import read_json
+from reviewtune.data.decoding import DataError, decode_file
 from reviewtune.evaluation.systems import System
 from reviewtune.records import make_record, read_records
 
@@ -304,25 +304,31 @@ def group_of(record: dict, field: str) -> str:
     return MISSING_GROUP if value is None or value == "" else str(value)
 
 
-def read_pool(path: str | Path) -> list[dict]:
+def read_pool(path: str | Path, encoding: str = "utf-8") -> list[dict]:
     """Pool records: a records JSONL (``.jsonl``), or plain text (``.txt``, ``.txt.gz``, ...) with one review per
     line, ids ``<file stem>-<line>`` as ``data_prep/prepare.py`` names rows without an id."""
     path = Path(path)
     if path.name.endswith(".jsonl"):
-        return read_records(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+        return read_records(path, encoding)
     stem = path.name.split(".")[0]
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [make_record(f"{stem}-{n}", line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
+    text, _ = decode_file(path, encoding)  # the suite's one decoder: gzip, encodings, byte-order mark
+    lines = text.split("\n")
+    if lines[-1] == "":  # the file's final newline ends the last line; it starts none
+        lines.pop()
+    return [make_record(f"{stem}-{n}", line.rstrip("\r")) for n, line in enumerate(lines, 1)]
 
 
-def load_pool(path: str | Path, exclude: list[str | Path] = ()) -> tuple[list[dict], dict[str, int], int]:
+def load_pool(
+    path: str | Path, exclude: list[str | Path] = (), encoding: str = "utf-8"
+) -> tuple[list[dict], dict[str, int], int]:
     """Pool records to choose from (:func:`read_pool`), the dropped ones by reason and the number read.
 
     Dropped: ``empty_text``, ``duplicate_id`` (second and later copies) and ``already_labelled`` (ids in any
     ``exclude`` records file, e.g. the training records). Read = kept + sum(dropped).
     """
-    rows = read_pool(path)
+    rows = read_pool(path, encoding)
+    if not rows:
+        raise DataError(f"{path}: no records (an empty file)")
     known = {str(r["id"]) for f in exclude for r in read_records(f)}
     seen: set[str] = set()
     kept, dropped = [], collections.Counter()

@@ -30,6 +30,8 @@ def decode_file(path: str | Path, encoding: str = "utf-8") -> tuple[str, dict]:
     file is in another encoding, and that is one ``DataError`` naming the byte offset and line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     data = path.read_bytes()

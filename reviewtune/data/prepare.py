@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from reviewtune.atomic import atomic_write_json, atomic_write_jsonl
+from reviewtune.atomic import atomic_write_json, atomic_write_jsonl, read_json
 from reviewtune.data.decoding import DataError
 from reviewtune.data.readers import read_source
 from reviewtune.data.splits import label_counts, parse_split_spec, split_records, text_info
@@ -52,13 +52,16 @@ def prepare(
     split: str | None = None,
     hf_split: str | None = None,
     hf_config: str | None = None,
+    label_scheme: str = "auto",
 ) -> dict:
     """Read ``source``, validate, optionally split, and write ``out``; returns the report written.
 
     Writes ``out/records.jsonl``, ``out/instructions.jsonl`` (id, prompt, completion) and
     ``out/prep_report.json``; with splits (``split="train=0.8,validation=0.1,test=0.1"``, or a source
     that has its own) the first two go under ``out/<split>/`` and the one report holds per-split counts.
-    Comma-separated strings are accepted for ``meta_columns``, ``keywords`` and ``label_names``.
+    Comma-separated strings are accepted for ``meta_columns``, ``keywords`` and ``label_names``. Outputs of an
+    earlier run into ``out`` that this one does not write again (another split) are removed, so ``out`` holds one
+    preparation. An input with no rows, or none usable, is a ``DataError`` (the report is written first).
     """
     if isinstance(task, str):
         task = get_task(task, instruction=instruction, label_names=_csv_list(label_names), keywords=_csv_list(keywords))
@@ -72,8 +75,10 @@ def prepare(
         source, input, task, text_column=text_column, label_column=label_column, id_column=id_column,
         aspects_column=aspects_column, score_column=score_column, meta_columns=_csv_list(meta_columns),
         delimiter=delimiter, encoding=encoding, strict=strict, max_chars=max_chars, seed=seed, n=n,
-        hf_split=hf_split, hf_config=hf_config,
+        hf_split=hf_split, hf_config=hf_config, label_scheme=label_scheme,
     )  # fmt: skip
+    if report.read == 0:
+        raise DataError(f"{input or source}: no records (an empty file, or a header and nothing else)")
     if fractions:
         if list(splits) != [None]:
             raise DataError(f"{input} already has splits ({', '.join(map(str, splits))}); "
@@ -85,6 +90,7 @@ def prepare(
     report.info.update(text_info(splits, task))
 
     out = Path(out)
+    _remove_stale_outputs(out, list(splits))
     data_files: dict[str, Any] = {"input": input} if input is not None and Path(input).is_file() else {}
     for name, records in splits.items():
         d = out / name if name is not None else out
@@ -105,7 +111,7 @@ def prepare(
             "aspects_column": aspects_column, "score_column": score_column,
             "meta_columns": _csv_list(meta_columns), "delimiter": delimiter, "encoding": encoding, "strict": strict,
             "max_chars": max_chars, "split": split, "n": n if source == "synthetic" else None,
-            "hf_split": hf_split, "hf_config": hf_config,
+            "hf_split": hf_split, "hf_config": hf_config, "label_scheme": label_scheme,
         },
         "provenance": provenance(seed, data_files),
     }  # fmt: skip
@@ -114,8 +120,27 @@ def prepare(
     atomic_write_json(out / "prep_report.json", result)
     logger.info("prepared %s: read %d, kept %d, dropped %s", input or source, report.read, report.kept, report.dropped)
     if report.kept == 0:
-        logger.warning("no record kept from %s; see %s", input or source, out / "prep_report.json")
+        raise DataError(f"{input or source}: none of {report.read} rows is usable ({summary_line(result)}); "
+                        f"see {out / 'prep_report.json'}")  # fmt: skip
     return result
+
+
+OUTPUT_FILES = ("records.jsonl", "instructions.jsonl")
+
+
+def _remove_stale_outputs(out: Path, split_names: list[str | None]) -> None:
+    """Remove what an earlier ``prepare`` into ``out`` wrote that this one will not overwrite: the split folders
+    its ``prep_report.json`` names (only our files in them), or top-level records when splits are written now."""
+    old_report = out / "prep_report.json"
+    if not old_report.is_file():
+        return
+    old_splits = list((read_json(old_report).get("splits") or {}).keys()) or [None]
+    for name in set(old_splits) - set(split_names):
+        folder = out / name if name is not None else out
+        for file_name in OUTPUT_FILES:
+            (folder / file_name).unlink(missing_ok=True)
+        if name is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def summary_line(report: dict) -> str:

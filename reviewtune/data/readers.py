@@ -13,7 +13,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from reviewtune.data.decoding import DataError, decode_file
-from reviewtune.data.record_builder import Columns, PrepReport, RecordBuilder
+from reviewtune.data.record_builder import (
+    LABEL_SCHEMES,
+    SCHEME_RULES,
+    Columns,
+    PrepReport,
+    RecordBuilder,
+    detect_label_scheme,
+)
 from reviewtune.data.rows import Where, iter_delimited, iter_json
 from reviewtune.tasks import TaskSpec
 
@@ -87,12 +94,17 @@ def read_source(
     n: int = 10000,
     hf_split: str | None = None,
     hf_config: str | None = None,
+    label_scheme: str = "auto",
 ) -> tuple[dict[str | None, list[dict]], PrepReport]:
     """Read one source into canonical records.
 
     Returns ``{split: records}`` (key ``None`` when the source has no splits of its own; ``synthetic``
-    and multi-split ``datasets`` keep theirs) and the ``PrepReport``.
+    and multi-split ``datasets`` keep theirs) and the ``PrepReport``. ``label_scheme`` says how a sentiment
+    label column is read (``class`` indices/names, ``stars5``, ``rating10``); ``auto`` detects it from the values
+    and the report says what was chosen.
     """
+    if label_scheme not in LABEL_SCHEMES:
+        raise DataError(f"unknown --label_scheme {label_scheme!r}; choose one of {', '.join(LABEL_SCHEMES)}")
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     report = PrepReport()
@@ -124,9 +136,14 @@ def read_source(
         raise DataError(f"--input is required for source {source}")
 
     if source == "hf":
-        for name, ds in _load_hf(str(input), hf_split, hf_config).items():
+        loaded = _load_hf(str(input), hf_split, hf_config)
+        values = []  # every split's labels: one label scheme for the whole dataset
+        for name, ds in loaded.items():
             cols = task_columns(task, ds.column_names, **col_opts)
-            require_columns(f"{input}" + (f"[{name}]" if name else ""), ds.column_names, cols, _HINT)
+            require_columns(f"{input}[{name}]" if name else str(input), ds.column_names, cols, _HINT)
+            values += list(ds[cols.label])
+        choose_label_scheme(cols, task, label_scheme, values, str(input), report)
+        for name, ds in loaded.items():
             label = f"{input}[{name}]" if name else str(input)
             kept = (builder.add(Where(label, item=f"row {i}"), row, cols, f"{name or 'row'}-{i}")
                     for i, row in enumerate(progress(ds, f"reading {label}"), 1))  # fmt: skip
@@ -147,6 +164,8 @@ def read_source(
         if header != NSMC_HEADER:
             raise DataError(f"{path}:1: expected the NSMC header 'id<TAB>document<TAB>label', got {header!r}; "
                             "for other tab-separated files use --source csv --delimiter '\\t'")  # fmt: skip
+        if label_scheme not in ("auto", "class"):
+            raise DataError(f"source nsmc has class labels (0/1 or 0..4): --label_scheme {label_scheme} does not apply")
         cols = Columns(text="document", label="label", label_kind="class", id="id")
     elif source == "csv":
         sep = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
@@ -154,6 +173,9 @@ def read_source(
         header, rows = iter_delimited(text, path, sep, csv.QUOTE_MINIMAL, report.info)
         cols = task_columns(task, header, **col_opts)
         require_columns(path, header, cols, _HINT)
+        rows = list(rows)
+        values = [f.get(cols.label) for _, f in rows if isinstance(f, dict)]
+        choose_label_scheme(cols, task, label_scheme, values, str(path), report)
     else:  # nsmc-raw, jsonl
         items = list(iter_json(text, path))
         keys = dict.fromkeys(k for _, f in items if isinstance(f, dict) for k in f)
@@ -161,18 +183,48 @@ def read_source(
             if task.name == "aspects":
                 raise DataError("source nsmc-raw has star ratings: use --task sentiment, sentiment5 or regression")
             cols = Columns(text=text_column or "review", label=label_column or score_column or "rating",
-                            label_kind="rating", id=id_column or ("id" if "id" in keys else None),
+                            label_kind="rating10", id=id_column or ("id" if "id" in keys else None),
                             meta=list(meta_columns or []))  # fmt: skip
+            if label_scheme not in ("auto", "rating10"):
+                raise DataError(f"source nsmc-raw has 1-10 ratings; --label_scheme {label_scheme} does not apply")
         else:
             cols = task_columns(task, keys, **col_opts)
         if items:
             require_columns(path, keys, cols, _HINT)
+            if source == "jsonl":
+                values = [f.get(cols.label) for _, f in items if isinstance(f, dict)]
+                choose_label_scheme(cols, task, label_scheme, values, str(path), report)
         rows = iter(items)
     kept = (builder.add(where, fields, cols, f"{stem}-{where.line}" if where.item is None else f"{stem}-{where.item}")
             for where, fields in progress(rows, f"reading {path.name}"))  # fmt: skip
     out[None] = [r for r in kept if r is not None]
     report.check()
     return out, report
+
+
+def choose_label_scheme(
+    cols: Columns, task: TaskSpec, scheme: str, values: list[Any], where: str, report: PrepReport
+) -> None:
+    """Set how a label column is read: for the sentiment tasks as given, or detected from ``values`` (``auto``);
+    a regression score stays a number unless a rating scheme is named (then its range is checked). The report
+    (``info["label_scheme"]``) says which rule turned the values into labels."""
+    if cols.label_kind == "score":
+        if scheme == "class":
+            raise DataError(f"{where}: --label_scheme class does not apply to task {task.name} (its label is a score)")
+        if scheme == "auto":
+            return
+        chosen = scheme
+    elif cols.label_kind == "class":
+        chosen = detect_label_scheme(values, task, f"{where}: column {cols.label!r}") if scheme == "auto" else scheme
+    else:
+        return
+    cols.label_kind = chosen
+    report.info["label_scheme"] = {
+        "column": cols.label,
+        "scheme": chosen,
+        "chosen": "detected from the values" if scheme == "auto" else "given",
+        "rule": SCHEME_RULES[(chosen, task.name)],
+    }
 
 
 def _load_hf(name_or_path: str, split: str | None, config: str | None) -> dict[str | None, Any]:

@@ -124,22 +124,12 @@ class RecordBuilder:
             if label is None:
                 return {}, "unknown_label", _short(value)
             return {"sentiment": label}, None, ""
-        if kind == "rating":  # NSMC raw crawl: 1-10 stars
+        if kind in ("rating10", "stars5"):
+            top = 10 if kind == "rating10" else 5
             rating = as_int(value)
-            if rating is None or not 1 <= rating <= 10:
-                return {}, "unknown_label", f"rating {_short(value)} not in 1..10"
-            if self.scheme == "regression":
-                return {"score": float(rating)}, None, ""
-            if self.scheme == "sentiment5":
-                return {"sentiment": (rating - 1) // 2}, None, ""
-            if 5 <= rating <= 8:
-                return {}, "rating_out_of_scheme", f"rating {rating}: binary uses 1-4 and 9-10"
-            return {"sentiment": int(rating >= 9)}, None, ""
-        if kind == "stars5":
-            stars = as_int(value)
-            if stars is None or not 1 <= stars <= 5:
-                return {}, "unknown_label", f"rating {_short(value)} not in 1..5"
-            return {"sentiment": stars - 1}, None, ""
+            if rating is None or not 1 <= rating <= top:
+                return {}, "unknown_label", f"rating {_short(value)} not in 1..{top}"
+            return rating_label(rating, kind, self.scheme)
         if kind == "score":
             score = _as_float(value)
             if score is None:
@@ -151,6 +141,58 @@ class RecordBuilder:
                 return {}, error, _short(value)
             return {"aspects": aspects}, None, ""
         raise ValueError(f"unknown label kind {kind!r}")
+
+
+LABEL_SCHEMES = ("auto", "class", "stars5", "rating10")
+SCHEME_RULES = {  # how each rating scheme becomes labels, per task (said in the prepare report and on the console)
+    ("class", "sentiment"): "class indices (0 부정, 1 긍정) or label names",
+    ("class", "sentiment5"): "class indices 0..4 (매우부정..매우긍정) or label names",
+    ("stars5", "sentiment"): "1-5 stars: 1-2 부정, 4-5 긍정, 3 dropped as neutral (rating_out_of_scheme)",
+    ("stars5", "sentiment5"): "1-5 stars: 1 매우부정, 2 부정, 3 중립, 4 긍정, 5 매우긍정",
+    ("stars5", "regression"): "1-5 stars as the score",
+    ("rating10", "sentiment"): "1-10 ratings, NSMC's rule: 1-4 부정, 9-10 긍정, 5-8 dropped (rating_out_of_scheme)",
+    ("rating10", "sentiment5"): "1-10 ratings: 1-2, 3-4, 5-6, 7-8, 9-10 -> 매우부정..매우긍정",
+    ("rating10", "regression"): "1-10 ratings as the score",
+}
+
+
+def rating_label(rating: int, scheme: str, task_name: str) -> tuple[dict, str | None, str]:
+    """Record fields for a star rating under ``scheme`` (``stars5`` or ``rating10``) and the task, or a drop."""
+    if task_name == "regression":
+        return {"score": float(rating)}, None, ""
+    if task_name == "sentiment5":
+        return {"sentiment": rating - 1 if scheme == "stars5" else (rating - 1) // 2}, None, ""
+    negative, positive = ((1, 2), (4, 5)) if scheme == "stars5" else ((1, 4), (9, 10))
+    if negative[0] <= rating <= negative[1]:
+        return {"sentiment": 0}, None, ""
+    if positive[0] <= rating <= positive[1]:
+        return {"sentiment": 1}, None, ""
+    return {}, "rating_out_of_scheme", f"rating {rating}: binary uses {negative[0]}-{negative[1]} and " + (
+        f"{positive[0]}-{positive[1]}"
+    )
+
+
+def detect_label_scheme(values: list[Any], task: TaskSpec, where: str) -> str:
+    """``class``, ``stars5`` or ``rating10`` for a label column of a sentiment task, from its values: class indices
+    include 0 (binary labels that are all 1 are class 1 too); 1-5 stars start at 1 and reach past the last class
+    index; 1-10 ratings reach past 5. Anything else is ambiguous, and a ``DataError`` asks for ``--label_scheme``."""
+    present = [v for v in values if v is not None and not (isinstance(v, str) and not v.strip())]
+    numbers = [as_int(v) for v in present]
+    if not present or any(n is None for n in numbers):  # label names (or junk the builder drops and counts)
+        return "class"
+    distinct, k = sorted(set(numbers)), len(task.label_names)
+    low, high = distinct[0], distinct[-1]
+    if low == 0 or (k == 2 and high <= 1):  # a 0 is never a rating (values past the classes are dropped, counted)
+        return "class"
+    if low >= 1 and high <= 5 and high > k - 1:
+        return "stars5"
+    if low >= 1 and 5 < high <= 10:
+        return "rating10"
+    shown = ", ".join(map(str, distinct[:12])) + (", ..." if len(distinct) > 12 else "")
+    raise DataError(
+        f"{where}: label values {shown} are not clearly class indices (0..{k - 1}), 1-5 stars or 1-10 ratings; "
+        "say which with --label_scheme class|stars5|rating10"
+    )
 
 
 def as_int(value: Any) -> int | None:

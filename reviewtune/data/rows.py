@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ def iter_delimited(
     Unquoted files (``csv.QUOTE_NONE``, NSMC) get one physical line per row, so a stray carriage return
     inside a line makes that row malformed instead of shifting every later line number.
     """
+    # csv's default field limit (131,072 characters) would drop a long review as a malformed row: take any length.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     lines = text.removesuffix("\n").split("\n") if quoting == csv.QUOTE_NONE else io.StringIO(text, newline="")
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=False)
     header = None

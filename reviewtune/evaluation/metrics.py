@@ -443,5 +443,6 @@ def task_metrics(
             reason = p.get("invalid_reason") or "unknown"
             reasons[reason] = reasons.get(reason, 0) + 1
     out["invalid_reasons"] = reasons
+    out["shortened_inputs"] = sum(bool(p.get("shortened")) for p in predictions)  # reviews cut to the input limit
     out["primary_metric"] = PRIMARY_METRIC[task.name]
     return out

@@ -39,12 +39,12 @@ def _predict_generate(system: System, records: list[dict], batch_size: int, prog
     task, tok = system.task, system.tokenizer
     max_new = answer_token_budget(task, tok)
     budget = _prompt_budget(system, max_new)
-    prompts = [fit_prompt(r["text"], task, tok, budget)[0] for r in records]
-    answers = generate_answers(system.model, tok, prompts, max_new_tokens=max_new, batch_size=batch_size,
+    prompts, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
+    answers = generate_answers(system.model, tok, list(prompts), max_new_tokens=max_new, batch_size=batch_size,
                                progress=progress)  # fmt: skip
     out = []
-    for r, answer in zip(records, answers, strict=True):
-        pred = new_prediction(r["id"], raw=answer)
+    for r, answer, shortened in zip(records, answers, cut, strict=True):
+        pred = new_prediction(r["id"], raw=answer, shortened=shortened)
         parsed = parse_answer(answer, task)
         if parsed.valid:
             pred.update(label=parsed.label, aspects=parsed.aspects, score=parsed.score)
@@ -61,15 +61,13 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
     completions = [" " + name for name in task.label_names]
     longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
     budget = _prompt_budget(system, longest)
-    prompts = [fit_prompt(r["text"], task, tok, budget)[0] for r in records]
-    scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress)
+    prompts, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
+    scores = label_loglik(system.model, tok, list(prompts), completions, batch_size=batch_size, progress=progress)
     probs = loglik_probs(scores)
-    out = []
-    for r, row in zip(records, probs, strict=True):
-        pred = new_prediction(r["id"])
-        pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
-        out.append(pred)
-    return out
+    return [
+        new_prediction(r["id"], label=int(row.argmax()), probs=[float(p) for p in row], shortened=shortened)
+        for r, row, shortened in zip(records, probs, cut, strict=True)
+    ]
 
 
 @torch.inference_mode()
@@ -91,6 +89,12 @@ def _classifier_outputs(system: System, texts: list[str], batch_size: int, progr
     return logits
 
 
+def _cut_to_limit(system: System, texts: list[str]) -> list[bool]:
+    """Which inputs the classifier sees cut to its input limit (``System.max_input_tokens``)."""
+    lengths = [len(ids) for ids in system.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+    return [n > system.max_input_tokens for n in lengths]
+
+
 def _label_order(model_labels: list[str], wanted: list[str], what: str) -> list[int]:
     """Column of each wanted label in the model's output; the model's own order when it has generic names."""
     if sorted(model_labels) == sorted(wanted):
@@ -103,7 +107,8 @@ def _label_order(model_labels: list[str], wanted: list[str], what: str) -> list[
 def _predict_classifier(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
     task = system.task
     texts = [r["text"] for r in records]
-    out = [new_prediction(r["id"]) for r in records]
+    first = system.components["keywords"] if task.name == "aspects" else system
+    out = [new_prediction(r["id"], shortened=cut) for r, cut in zip(records, _cut_to_limit(first, texts), strict=True)]
     if task.name == "regression":
         logits = _classifier_outputs(system, texts, batch_size, progress, "Classifying")
         for pred, row in zip(out, logits, strict=True):

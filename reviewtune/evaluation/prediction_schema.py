@@ -1,10 +1,11 @@
 """One prediction per record, the same for every system (generative, classifier, baseline)::
 
     {"id", "label": int|None, "probs": list[float]|None, "aspects": list|None, "score": float|None,
-     "invalid": bool, "invalid_reason": str|None, "raw": str|None}
+     "invalid": bool, "invalid_reason": str|None, "shortened": bool, "raw": str|None}
 
 ``label`` indexes the task's label names, ``probs`` follows the same order, ``aspects`` is a list of
-``{"keyword", "polarity"}``, ``score`` is the regression value, ``raw`` the generated text (generative runs).
+``{"keyword", "polarity"}``, ``score`` is the regression value, ``shortened`` says the review was cut to the
+model's input limit, ``raw`` is the generated text (generative runs).
 An answer that cannot be read is ``invalid`` with its reason, never an exception.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PREDICTION_KEYS = ("id", "label", "probs", "aspects", "score", "invalid", "invalid_reason")
+PREDICTION_KEYS = ("id", "label", "probs", "aspects", "score", "invalid", "invalid_reason", "shortened")
 
 
 def new_prediction(record_id: Any, **values: Any) -> dict:
@@ -21,4 +22,4 @@ def new_prediction(record_id: Any, **values: Any) -> dict:
     if unknown:
         raise ValueError(f"not prediction fields: {sorted(unknown)}")
     return {"id": str(record_id), "label": None, "probs": None, "aspects": None, "score": None, "invalid": False,
-            "invalid_reason": None, "raw": None, **values}  # fmt: skip
+            "invalid_reason": None, "shortened": False, "raw": None, **values}  # fmt: skip

@@ -146,18 +146,16 @@ def check_configuration(model_args: ModelConfig, training_args: TrainingArgument
 def load_causal_lm(model_path: str, model_args: ModelConfig, training_args: TrainingArguments):
     """Load the base model for training: quantised for QLoRA and prepared for k-bit training.
 
-    ``prepare_model_for_kbit_training`` (fp32 norms and embeddings, input gradients for checkpointing) is
-    skipped under ZeRO-3/FSDP, whose flat parameters need the single dtype the 4-bit weights are stored in.
+    ``prepare_model_for_kbit_training`` (fp32 norms and embeddings) is skipped under ZeRO-3/FSDP, whose flat
+    parameters need the single dtype the 4-bit weights are stored in. Activation checkpointing is left to the
+    Trainer (``activation_checkpointing``), and the input gradients it needs under PEFT to trl's ``SFTTrainer``:
+    PEFT's own switch would call transformers' deprecated ``gradient_checkpointing_enable``.
     """
     from peft import prepare_model_for_kbit_training
 
     model = load_pretrained(AutoModelForCausalLM, model_path, **model_loading_kwargs(model_args, training_args))
     if training_method(model_args) == "qlora" and not is_sharded(distributed_mode(training_args)):
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=training_args.gradient_checkpointing,
-            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
-        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 

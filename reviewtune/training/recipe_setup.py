@@ -14,32 +14,61 @@ from typing import Any
 import datasets
 import torch
 import transformers
+from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
-from trl import TrlParser
+from trl import ModelConfig, SFTConfig, TrlParser
 
 from reviewtune import defaults
+from reviewtune.cli import argument_parser
 from reviewtune.data.splits import hold_out_validation
 from reviewtune.provenance import model_hash
 from reviewtune.records import load_task_records
 from reviewtune.tasks import TaskSpec, get_task
+from reviewtune.training import run_directory
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class SFTTrainingConfig(SFTConfig):
+    """trl's ``SFTConfig`` unchanged; the subclass only heads its options in ``--help``, after the suite's own."""
+
+    _argument_group_name = "trl SFTConfig (transformers TrainingArguments and trl's SFT options)"
+
+
+@dataclass
+class ClassifierTrainingArguments(TrainingArguments):
+    """transformers' ``TrainingArguments`` unchanged; the subclass only heads its options in ``--help``."""
+
+    _argument_group_name = "transformers TrainingArguments"
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """trl's ``ModelConfig`` unchanged (model, LoRA and 4-bit options); named for ``--help`` only."""
+
+    _argument_group_name = "trl ModelConfig (model, LoRA, 4-bit)"
+
+
 def parse_recipe_args(dataclass_types: tuple, default_config: Path, argv: list[str] | None, **defaults_: Any):
     """The recipe's dataclasses from ``--config FILE`` (the recipe's default config without one) plus
-    command-line overrides; unknown keys are an error that names the file they came from.
+    command-line overrides; unknown keys are an error that names the file they came from, a bad value one line.
 
     Hardware-dependent defaults come first (a config or the command line still overrides them): trl and
     transformers default to bf16, which ``TrainingArguments`` rejects on a machine without a bf16-capable GPU.
+    ``--help`` lists the suite's own options first (the dataclasses without a group name).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(default_config), *argv]
-    parser = TrlParser(dataclass_types, allow_abbrev=False)
+    script = f"recipes/{Path(sys.argv[0]).name}" if sys.argv and sys.argv[0].endswith(".py") else "RECIPE"
+    usage = f"accelerate launch {script} [--config FILE] [--OPTION VALUE ...]"
+    parser = argument_parser(TrlParser, dataclass_types, usage, allow_abbrev=False)
     on_gpu = torch.cuda.is_available()
     parser.set_defaults(use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(), **defaults_)
     config_path = argv[argv.index("--config") + 1]
+    if not Path(config_path).is_file():
+        raise FileNotFoundError(f"--config {config_path}: no such file")
     try:
         return parser.parse_args_and_config(argv)
     except ValueError as e:  # unknown keys: trl names them, we name the file they came from
@@ -65,10 +94,21 @@ def setup_logging(training_args, *loggers: logging.Logger) -> None:
 def checkpoint_to_resume(output_dir: str | Path, resume_from_checkpoint: str | None = None) -> str | None:
     """The checkpoint to resume from: the one named, else the last one in ``output_dir`` (a re-launch)."""
     last = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
-    resume_from = resume_from_checkpoint or last
-    if resume_from is not None:
-        logger.info("Resuming training from %s", resume_from)
-    return resume_from
+    return resume_from_checkpoint or last
+
+
+def plan_training(trainer, output_dir: str | Path, resume_from: str | None) -> tuple[str | None, dict | None]:
+    """(checkpoint to resume from, kept summary of a run that is already complete); says which on the console."""
+    planned = run_directory.planned_steps(trainer)
+    resume_from, kept = run_directory.resume_plan(output_dir, resume_from, planned)
+    if not trainer.is_world_process_zero():
+        return resume_from, kept
+    if kept is not None:
+        print(f"{output_dir} is already complete ({planned} steps): nothing to train, its outputs are kept as they are")
+    elif resume_from is not None:
+        step = run_directory.checkpoint_step(resume_from)
+        print(f"Resuming {output_dir} from {resume_from} (step {step} of {planned})", flush=True)
+    return resume_from, kept
 
 
 def task_from_args(data_args) -> TaskSpec:
@@ -153,4 +193,8 @@ def resolve_base_model(kind: str, model_args, train_file: str) -> tuple[str, str
 
         path, base_hash = ensure_base_model(kind, train_file)
         return str(path), base_hash
-    return model_args.model_name_or_path, model_hash(model_args.model_name_or_path, model_args.model_revision)
+    name = model_args.model_name_or_path
+    looks_like_a_path = Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    if looks_like_a_path and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"--model_name_or_path {name}: no such directory")
+    return name, model_hash(name, model_args.model_revision)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import resource
 import sys
 from collections.abc import Iterable
@@ -110,12 +111,34 @@ def resolved_config(*argument_objects, training_args) -> dict[str, Any]:
     return {k: v for obj in argument_objects for k, v in dataclasses.asdict(obj).items()} | training_args.to_dict()
 
 
-def already_complete(output_dir: str | Path, resume_from: str | None, global_step: int) -> dict[str, Any] | None:
-    """The kept ``run_summary.json`` when a re-launch resumed from ``resume_from`` and trained no new step
-    (the run was complete), else ``None``: rewriting it would record a near-zero runtime."""
-    if not resume_from:
-        return None
-    state, summary = Path(resume_from) / "trainer_state.json", Path(output_dir) / "run_summary.json"
-    if state.is_file() and summary.is_file() and read_json(state).get("global_step") == global_step:
-        return read_json(summary)
-    return None
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a Trainer checkpoint was saved at (its trainer_state.json)."""
+    return int(read_json(Path(checkpoint) / "trainer_state.json")["global_step"])
+
+
+def planned_steps(trainer) -> int:
+    """The optimizer steps this training is to reach: ``max_steps``, or what the Trainer computes from the epochs
+    (its own rule: ceil(epochs x optimizer steps per epoch))."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    batches, accumulation = len(trainer.get_train_dataloader()), args.gradient_accumulation_steps
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def resume_plan(output_dir: str | Path, resume_from: str | None, planned: int) -> tuple[str | None, dict | None]:
+    """Where training continues, and the kept ``run_summary.json`` when a re-launched run is already complete.
+
+    transformers, resumed from a checkpoint that reached the last step mid-epoch, trains one step more; so a
+    complete run (its checkpoint at ``planned`` and its summary written) is not resumed at all. A run that reached
+    its last step but was stopped before writing its outputs resumes from the checkpoint before (the same
+    steps again: resuming reproduces them), or from the start.
+    """
+    if resume_from is None or checkpoint_step(resume_from) < planned:
+        return resume_from, None
+    summary = Path(output_dir) / "run_summary.json"
+    if summary.is_file():
+        return resume_from, read_json(summary)
+    earlier = [c for c in Path(output_dir).glob("checkpoint-*") if c.is_dir() and checkpoint_step(c) < planned]
+    return (str(max(earlier, key=checkpoint_step)) if earlier else None), None
