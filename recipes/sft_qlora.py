@@ -16,8 +16,9 @@ Several GPUs (DeepSpeed ZeRO-3 + QLoRA):
         --config recipes/configs/sft_qlora_8b_zero3.yaml
 
 The same recipe runs 16/32-bit LoRA (``--load_in_4bit false``) and full fine-tuning
-(``--load_in_4bit false --use_peft false``). Re-launching into the same ``output_dir`` resumes from
-its last checkpoint; ``--resume_from_checkpoint DIR`` names one.
+(``--load_in_4bit false --use_peft false``); ``--use_chat_template true`` trains instruct models through their
+tokenizer's chat template. Re-launching into the same ``output_dir`` resumes from its last checkpoint;
+``--resume_from_checkpoint DIR`` names one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from reviewtune.models.loading import (
     merge_adapter,
     outside_zero3,
 )
+from reviewtune.prompt_format import with_prompt_format
 from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import DataArguments, SFTScriptArguments
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Base model and tokenizer
     model_path, base_hash = resolve_base_model("causal", model_args, data.files["train"])
     tokenizer = load_tokenizer(model_path, model_args, training_args.trust_remote_code)
+    task = with_prompt_format(task, script_args.use_chat_template, tokenizer)  # plain ###입력 text or chat template
     max_length = training_args.max_length
     with training_args.main_process_first(desc="building prompts"):
         train_dataset, train_stats = instruction_dataset(data.records["train"], task, tokenizer, max_length)
