@@ -18,7 +18,8 @@ Several GPUs (DeepSpeed ZeRO-3 + QLoRA):
 The same recipe runs 16/32-bit LoRA (``--load_in_4bit false``) and full fine-tuning
 (``--load_in_4bit false --use_peft false``); ``--use_chat_template true`` trains instruct models through their
 tokenizer's chat template. Re-launching into the same ``output_dir`` resumes from its last checkpoint;
-``--resume_from_checkpoint DIR`` names one.
+``--resume_from_checkpoint DIR`` names one. The run directory's ``README.md`` (model card) says how to load
+what was scored.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from reviewtune.evaluation.as_scored import harness_generation_config
 from reviewtune.models.loading import (
     adapters_follow_compute_dtype,
     check_configuration,
@@ -44,6 +46,7 @@ from reviewtune.prompt_format import with_prompt_format
 from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import DataArguments, SFTScriptArguments
+from reviewtune.training.model_card import recipe_command, write_model_cards
 from reviewtune.training.recipe_setup import (
     checkpoint_to_resume,
     load_recipe_data,
@@ -55,6 +58,7 @@ from reviewtune.training.recipe_setup import (
 )
 from reviewtune.training.rng import EvaluationKeepsRng, rng_preserved
 from reviewtune.training.sample_predictions import answer_samples, print_sample_predictions, write_sample_predictions
+from reviewtune.training.serving import push_run, save_generation_config
 from reviewtune.training.sft_examples import check_packing, instruction_dataset
 
 logger = logging.getLogger(__name__)
@@ -143,8 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(training_args.output_dir)
     trainer.save_model(str(out))
     trainer.save_state()
+    generation_config = harness_generation_config(trainer.model, tokenizer, task)  # greedy, as the harness decodes
     if trainer.is_world_process_zero():
         task.save(out)
+        save_generation_config(out, generation_config)
         run_directory.save_token_frequencies(out, (r["text"] for r in data.records["train"]), tokenizer)
 
     # Evaluate
@@ -181,10 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             with outside_zero3(trainer.accelerator):
-                merged_dir = merge_adapter(out, model_path, model_args, training_args, tokenizer)
+                merged_dir = merge_adapter(out, model_path, model_args, training_args, tokenizer, generation_config)
             logger.info("merged model written to %s", merged_dir)
 
     if trainer.is_world_process_zero():
+        write_model_cards(out, recipe_command(__file__, argv))  # README.md: what was trained, how to load it
+        push_run(out, training_args)
         print_sample_predictions(predictions)
         print(f"\nAdapter:            {out}\nRun summary:        {out / 'run_summary.json'}")
         print(f"Sample predictions: {out / 'sample_predictions.json'}")
