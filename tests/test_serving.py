@@ -32,7 +32,7 @@ from reviewtune.prompt_format import (
     stop_ids,
     with_prompt_format,
 )
-from reviewtune.prompts import build_prompt, format_answer
+from reviewtune.prompts import build_prompt, format_answer, to_instruction
 from reviewtune.tasks import TaskSpec, get_task
 from reviewtune.training.sft_examples import instruction_dataset
 
@@ -104,6 +104,37 @@ def test_chat_examples_are_tokenised_as_trl_trains_them(tiny_chat_causal_dir, ti
 
     with pytest.raises(ValueError, match="chat template"):  # a base model's tokenizer has none
         _chat_task(AutoTokenizer.from_pretrained(tiny_causal_dir))
+
+
+LLAMA3_STYLE = (  # the BOS is part of the template: tokenising the rendered chat again must not add a second one
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + "
+    "m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+GEMMA_STYLE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else "
+    "m['role']) + '\\n' + m['content'] + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template, tokens, end", [
+    (LLAMA3_STYLE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|eot_id|>"),
+    (GEMMA_STYLE, ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>\n"),
+])  # fmt: skip
+def test_other_chat_templates_end_their_turn_and_keep_one_bos(tiny_causal_dir, template, tokens, end):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    tokenizer.chat_template = template
+    task = _chat_task(tokenizer)
+    prompt = build_prompt(GOOD[0], task)
+    prompt_ids, full_ids = example_ids(tokenizer, to_instruction({"text": GOOD[0], "sentiment": 1}, task))
+    assert tokenizer(model_input(prompt, tokenizer, CHAT), add_special_tokens=False)["input_ids"] == prompt_ids
+    assert prompt_ids.count(tokenizer.bos_token_id) == 1 and prompt_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(answer_end_ids(tokenizer, CHAT)) == end
+    assert full_ids == prompt_ids + tokenizer("긍정", add_special_tokens=False)["input_ids"] + answer_end_ids(
+        tokenizer, CHAT)  # fmt: skip
+    assert tokenizer.convert_tokens_to_ids(tokens[-1]) in stop_ids(tokenizer, CHAT)
 
 
 @pytest.fixture(scope="module")

@@ -270,6 +270,13 @@ def test_packing_lora_and_full_runs(recipe, tiny_causal_dir, data_dir, tmp_path)
     assert (full["method"], full["quantization"]) == ("full", "none")
     assert full["trainable_params"] == full["total_params"] > lora["trainable_params"]
     assert (tmp_path / "full" / "model.safetensors").is_file()
+    # A full fine-tune is a model directory itself: the harness's decoding in its generation config, its own card
+    saved = GenerationConfig.from_pretrained(tmp_path / "full")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "full")
+    assert saved.do_sample is False and saved.max_new_tokens == answer_token_budget(TASK, tokenizer)
+    card = ModelCard.load(tmp_path / "full" / "README.md")
+    assert card.data.library_name == "transformers" and "full" in card.data.tags
+    assert f'pipeline("text-generation", model="{tmp_path / "full"}")` | yes' in card.text
 
 
 def test_every_config_parses_and_unknown_keys_fail(recipe, tmp_path):
