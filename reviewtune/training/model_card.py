@@ -190,7 +190,7 @@ def _training_section(summary: dict) -> str:
     devices = ", ".join(hardware.get("gpus") or []) or f"CPU ({hardware.get('cpu_count')} cores)"
     rows = [["method", _method_name(summary)]]
     if summary["method"] != "full":
-        full = config.get("lora_modules_to_save") or []
+        full = list(dict.fromkeys(str(m).split(".")[-1] for m in config.get("lora_modules_to_save") or []))
         full = [*full, "the classification head"] if summary["kind"] == "classifier" else full
         rows.append(["LoRA", f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout "
                              f"{config.get('lora_dropout')}, target modules {config.get('lora_target_modules')}"
@@ -198,7 +198,7 @@ def _training_section(summary: dict) -> str:
     if summary["method"] == "qlora":
         rows.append(["quantisation", f"NF4, double quantisation {config.get('use_bnb_nested_quant')}"])
     steps = f"{summary.get('global_step') or config.get('max_steps')} steps" if (config.get("max_steps") or -1) > 0 \
-        else f"{config.get('num_train_epochs')} epochs"
+        else f"{config.get('num_train_epochs')} epoch(s)"
     rows += [
         ["parameters", f"{summary.get('trainable_params'):,} trained of {summary.get('total_params'):,}"],
         ["optimisation", f"lr {config.get('learning_rate')} ({config.get('lr_scheduler_type')}), {steps}, batch "
@@ -261,16 +261,16 @@ def _generative_loading(model_dir: Path, summary: dict, task: TaskSpec, part: st
     gen = read_json(model_dir / GENERATION_CONFIG) if (model_dir / GENERATION_CONFIG).is_file() else {}
     args = f"do_sample=False, max_new_tokens={gen.get('max_new_tokens')}, eos_token_id={gen.get('eos_token_id')}"
     chat = task.prompt_format == "chat"
-    text_input = ('[{"role": "user", "content": prompt}]  # the chat template is applied by the pipeline' if chat
-                  else 'prompt  # the answer follows after a space')  # fmt: skip
+    text_input = ('send `[{"role": "user", "content": prompt}]`, the tokenizer\'s chat template adds the rest' if chat
+                  else "send `prompt` as it is; the answer follows after a space, then EOS")  # fmt: skip
     lines = ["## How to load", "", "What the report scored (`eval/compare.py`, `eval/predict.py`), in one call:", "",
              "```python", "from transformers import pipeline",
              "from reviewtune.evaluation.as_scored import load_as_scored, pipeline_inputs", "",
              f'system = load_as_scored("{run}"{", merged=True" if part == "merged" else ""})',
              "generator = pipeline(\"text-generation\", model=system.model, tokenizer=system.tokenizer)",
              'generator(pipeline_inputs(system, ["배송이 빨라요"]), return_full_text=False)', "```", "",
-             f"The input for any other tool: `{text_input}`, with `prompt` the text under Task (reviews longer than "
-             f"the trained {(summary.get('config') or {}).get('max_length')} tokens are cut by the harness).", "",
+             f"Any other tool: {text_input} (`prompt`: the text under Task; the harness cuts reviews so that the "
+             f"prompt fits the trained {(summary.get('config') or {}).get('max_length')} tokens).", "",
              "Plain Hugging Face loads:", ""]  # fmt: skip
     rows = []
     merged = run / "merged"
