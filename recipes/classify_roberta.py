@@ -15,9 +15,8 @@ Heads come from the task (``reviewtune.classifier.heads_for_task``): ``sentiment
 and a ``keyword_sentiment`` model over (review, keyword) pairs, trained into ``output_dir/keywords/``
 and ``output_dir/keyword_sentiment/`` with one top-level ``run_summary.json`` naming both.
 
-Each model directory holds the model (``use_peft: false``) or the LoRA adapter plus ``merged/`` (the
-adapter merged into the base: ``transformers.pipeline("text-classification", model=DIR/merged)``
-returns the label names; ``run_summary.json`` field ``pipeline_model`` names the directory to load),
+Each model directory holds the complete model that ``transformers.pipeline("text-classification", model=DIR)``
+loads with its label names (a LoRA run: the adapter merged into its base; the adapter itself in ``DIR/adapter/``),
 the tokenizer, ``task_spec.json``, ``token_freqs.json``, ``classification_report.json``,
 ``run_summary.json`` and, for keywords, ``thresholds.json``. Re-launching into the same
 ``output_dir`` resumes each model from its last checkpoint.
@@ -29,7 +28,6 @@ import reviewtune  # noqa: F401  (first: its __init__ quiets a bitsandbytes impo
 
 # isort: split
 
-import copy
 import dataclasses
 import logging
 import os
@@ -70,6 +68,7 @@ from reviewtune.training.classifier_heads import (
     tokenize_examples,
 )
 from reviewtune.training.classifier_trainer import WeightedLossTrainer
+from reviewtune.training.model_card import recipe_command, write_model_cards
 from reviewtune.training.recipe_setup import (
     ClassifierTrainingArguments,
     ModelArguments,
@@ -82,6 +81,7 @@ from reviewtune.training.recipe_setup import (
     setup_logging,
     task_from_args,
 )
+from reviewtune.training.serving import ADAPTER_DIR, push_run, save_merged_classifier
 from reviewtune.training.thresholds import DEFAULT_THRESHOLD, save_thresholds, tune_thresholds
 
 logger = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = aspect_system_summary(out, task, components, data, **args)
 
     if training_args.process_index == 0:
+        write_model_cards(out, recipe_command(__file__, argv))  # README.md: what was trained, how to load it
+        push_run(out, training_args)
         print_samples(out, task, data.test_or_validation, clf_args.num_sample_predictions)
         print(f"\nRun directory: {out}\nRun summary:   {out / 'run_summary.json'}")
         print(f"Report:        {out / 'classification_report.json'}")
@@ -243,8 +245,8 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
-    # Save: adapter (+ config.json with id2label) or full model, tokenizer; merged model for LoRA
-    trainer.save_model(str(output_dir))
+    # Save: the model with id2label and the tokenizer in output_dir (LoRA: merged; the adapter in adapter/)
+    trainer.save_model(str(output_dir / ADAPTER_DIR) if method == "lora" else str(output_dir))
     trainer.save_state()
     pipeline_model = save_pipeline_model(trainer, output_dir, task, method, tokenizer, examples["train"])
 
@@ -285,8 +287,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
     if trainer.is_world_process_zero():
         if thresholds is not None:
             by_keyword = dict(zip(head.label_names, thresholds, strict=True))
-            for directory in [output_dir] + ([output_dir / "merged"] if method == "lora" else []):
-                save_thresholds(directory, by_keyword, tuned=clf_args.tune_thresholds, tuned_on="validation")
+            save_thresholds(output_dir, by_keyword, tuned=clf_args.tune_thresholds, tuned_on="validation")
         atomic_write_json(
             output_dir / "classification_report.json",
             {"component": head.name, **report, "provenance": summary["provenance"]},
@@ -314,21 +315,15 @@ def training_facts(trainer, train_result, clock, tokenized) -> dict:
 
 
 def save_pipeline_model(trainer, output_dir: Path, task, method: str, tokenizer, train_examples: list[dict]) -> str:
-    """Task spec and token counts beside the model; for LoRA also ``merged/`` (the adapter merged into the base,
-    with config.json and id2label: what ``pipeline("text-classification")`` loads). Returns that directory's name."""
-    if not trainer.is_world_process_zero():
-        return "merged" if method == "lora" else "."
-    task.save(output_dir)
-    run_directory.save_token_frequencies(output_dir, (e["text"] for e in train_examples), tokenizer)
-    if method != "lora":
-        return "."
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    unwrapped.get_base_model().config.save_pretrained(output_dir)
-    merged = copy.deepcopy(unwrapped).merge_and_unload()
-    merged.save_pretrained(output_dir / "merged")
-    tokenizer.save_pretrained(output_dir / "merged")
-    task.save(output_dir / "merged")
-    return "merged"
+    """Task spec and token counts beside the model; for LoRA the adapter merged into the base, written into
+    ``output_dir`` itself (config.json with id2label: what ``pipeline("text-classification")`` loads). Returns the
+    directory to load, relative to ``output_dir``."""
+    if trainer.is_world_process_zero():
+        task.save(output_dir)
+        run_directory.save_token_frequencies(output_dir, (e["text"] for e in train_examples), tokenizer)
+        if method == "lora":
+            save_merged_classifier(trainer.accelerator.unwrap_model(trainer.model), output_dir, tokenizer)
+    return "."
 
 
 def evaluate_head(trainer, head: Head, tokenized: dict, clf_args) -> tuple[dict, list[float] | None, float | None]:

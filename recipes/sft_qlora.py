@@ -16,8 +16,10 @@ Several GPUs (DeepSpeed ZeRO-3 + QLoRA):
         --config recipes/configs/sft_qlora_8b_zero3.yaml
 
 The same recipe runs 16/32-bit LoRA (``--load_in_4bit false``) and full fine-tuning
-(``--load_in_4bit false --use_peft false``). Re-launching into the same ``output_dir`` resumes from
-its last checkpoint; ``--resume_from_checkpoint DIR`` names one.
+(``--load_in_4bit false --use_peft false``); ``--use_chat_template true`` trains instruct models through their
+tokenizer's chat template. Re-launching into the same ``output_dir`` resumes from its last checkpoint;
+``--resume_from_checkpoint DIR`` names one. The run directory's ``README.md`` (model card) says how to load
+what was scored.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from transformers import set_seed
 from trl import SFTTrainer, get_peft_config
 
 from reviewtune.cli import run_cli
+from reviewtune.evaluation.as_scored import harness_generation_config
 from reviewtune.models.loading import (
     adapters_follow_compute_dtype,
     check_configuration,
@@ -44,11 +47,14 @@ from reviewtune.models.loading import (
     load_trained_for_generation,
     merge_adapter,
     outside_zero3,
+    training_method,
 )
+from reviewtune.prompt_format import with_prompt_format
 from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import DataArguments, SFTScriptArguments
 from reviewtune.training.callbacks import EvaluationKeepsRng, TrainingClock, rng_preserved
+from reviewtune.training.model_card import recipe_command, write_model_cards
 from reviewtune.training.recipe_setup import (
     ModelArguments,
     SFTTrainingConfig,
@@ -62,6 +68,7 @@ from reviewtune.training.recipe_setup import (
     task_from_args,
 )
 from reviewtune.training.sample_predictions import answer_samples, print_sample_predictions, write_sample_predictions
+from reviewtune.training.serving import push_run, save_generation_config
 from reviewtune.training.sft_examples import check_packing, instruction_dataset
 
 logger = logging.getLogger(__name__)
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Base model and tokenizer
     model_path, base_hash = resolve_base_model("causal", model_args, data.files["train"])
     tokenizer = load_tokenizer(model_path, model_args, training_args.trust_remote_code)
+    task = with_prompt_format(task, script_args.use_chat_template, tokenizer)  # plain ###입력 text or chat template
     max_length = training_args.max_length
     with training_args.main_process_first(desc="building prompts"):
         train_dataset, train_stats = instruction_dataset(data.records["train"], task, tokenizer, max_length)
@@ -145,8 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(training_args.output_dir)
     trainer.save_model(str(out))
     trainer.save_state()
+    generation_config = harness_generation_config(trainer.model, tokenizer, task)  # greedy, as the harness decodes
     if trainer.is_world_process_zero():
         task.save(out)
+        save_generation_config(out, generation_config)
         run_directory.save_token_frequencies(out, (r["text"] for r in data.records["train"]), tokenizer)
 
     # Evaluate
@@ -158,16 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {}
     if trainer.is_world_process_zero():
-        # Sample predictions after training; sharded parameters cannot generate as they are: reload on one device
-        if not is_sharded(mode):
-            after = answer(trainer.model, tokenizer)
-        else:
-            with outside_zero3(trainer.accelerator):
-                reloaded = load_trained_for_generation(out, model_path, model_args, training_args)
-                after = answer(reloaded, tokenizer)
-                if method != "full":
-                    with reloaded.disable_adapter():
-                        before = answer(reloaded, tokenizer)
+        before, after = answers_after_training(trainer, answer, before, model_path, model_args, training_args)
         prov = provenance(seed=training_args.seed, data_files=data.files, base_model_hash=base_hash)
         predictions = write_sample_predictions(out, task, samples, before, after, prov)
         summary = run_summary(trainer, train_result, clock, data, [train_stats, eval_stats], eval_metrics, prov, {
@@ -183,16 +184,28 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             with outside_zero3(trainer.accelerator):
-                merged_dir = merge_adapter(out, model_path, model_args, training_args, tokenizer)
+                merged_dir = merge_adapter(out, model_path, model_args, training_args, tokenizer, generation_config)
             logger.info("merged model written to %s", merged_dir)
 
     if trainer.is_world_process_zero():
-        print_sample_predictions(predictions)
-        print(f"\nAdapter:            {out}\nRun summary:        {out / 'run_summary.json'}")
-        print(f"Sample predictions: {out / 'sample_predictions.json'}")
-        if script_args.merge:
-            print(f"Merged model:       {out / 'merged'}")
+        write_model_cards(out, recipe_command(__file__, argv))  # README.md: what was trained, how to load it
+        push_run(out, training_args)
+        print_sample_predictions(predictions, out, merged=script_args.merge)
     return summary
+
+
+def answers_after_training(trainer, answer, before, model_path, model_args, training_args) -> tuple:
+    """(before, after) sample answers on rank 0. Sharded parameters (ZeRO-3/FSDP) cannot generate as they are: the
+    run is reloaded on one device, and its base (the adapter disabled) gives the answers before training."""
+    if not is_sharded(distributed_mode(training_args)):
+        return before, answer(trainer.model, trainer.processing_class)
+    with outside_zero3(trainer.accelerator):
+        reloaded = load_trained_for_generation(training_args.output_dir, model_path, model_args, training_args)
+        after = answer(reloaded, trainer.processing_class)
+        if training_method(model_args) != "full":
+            with reloaded.disable_adapter():
+                before = answer(reloaded, trainer.processing_class)
+    return before, after
 
 
 def run_summary(trainer, train_result, clock, data, stats, eval_metrics: dict, prov: dict, facts: dict) -> dict:

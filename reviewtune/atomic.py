@@ -67,6 +67,26 @@ def atomic_directory(path: str | os.PathLike, replace: bool = True) -> Iterator[
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(directory: str | os.PathLike) -> Iterator[Path]:
+    """Write files in the block into the path this yields (a temporary directory beside ``directory``); when the
+    block ends without an error each is renamed into ``directory``, replacing a file of the same name. For files
+    joining a directory that holds other things (a run directory with checkpoints): each file is replaced whole."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=temporary_prefix(directory)))
+    try:
+        yield tmp
+        for path in sorted(tmp.rglob("*")):
+            target = directory / path.relative_to(tmp)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def temporary_prefix(path: str | os.PathLike) -> str:
     """Name prefix of the temporary directories :func:`atomic_directory` builds for ``path``."""
     return f".{Path(path).name}.tmp-"

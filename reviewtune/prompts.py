@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reviewtune.prompt_format import CHAT, prompt_tokens, trainer_example
 from reviewtune.records import sort_aspects
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
 
@@ -42,31 +43,43 @@ def fit_prompt(review: str, task: TaskSpec, tokenizer, max_tokens: int | None, s
     """``build_prompt``, with the review (never the template, nor ``suffix`` after the prompt) cut so that
     ``prompt + suffix`` is at most ``max_tokens`` tokens; returns ``(prompt, shortened)``.
 
-    The one place a review is cut: training examples (``suffix`` = the answer) and every scoring mode.
+    The one place a review is cut: training examples (``suffix`` = the completion) and every scoring mode.
+    Counted in the run's prompt format: for ``chat`` the tokens of the rendered chat, ``suffix`` the answer.
     """
     prompt = build_prompt(review, task)
     if tokenizer is None or max_tokens is None:
         return prompt, False
-    n = len(tokenizer(prompt + suffix)["input_ids"])
+
+    def length(text: str) -> int:
+        if task.prompt_format == CHAT:
+            return prompt_tokens(text, tokenizer, CHAT, answer=suffix or None)
+        return len(tokenizer(text + suffix)["input_ids"])
+
+    n = length(prompt)
     if n <= max_tokens:
         return prompt, False
     review_ids = tokenizer(review, add_special_tokens=False)["input_ids"]
     budget = max(0, len(review_ids) - (n - max_tokens))
     while True:  # decoding a prefix of ids and re-tokenising can differ by a token; shrink until it fits
         prompt = build_prompt(tokenizer.decode(review_ids[:budget], skip_special_tokens=True), task)
-        if budget == 0 or len(tokenizer(prompt + suffix)["input_ids"]) <= max_tokens:
+        if budget == 0 or length(prompt) <= max_tokens:
             return prompt, True
         budget -= 1
 
 
 def to_instruction(record: dict, task: TaskSpec, tokenizer=None, max_length: int | None = None) -> dict:
-    """Prompt/completion pair for a record, with ``shortened`` telling whether the review was cut.
+    """Prompt/completion pair for a record (strings, or trl's conversational messages when the task's prompt format
+    is ``chat``), with ``shortened`` telling whether the review was cut.
 
     With a tokenizer and ``max_length``, the review (never the answer) is cut to the token budget
     that leaves room for the template, the answer and the end-of-sequence token: trl truncates from
     the end, which would cut the answer first.
     """
-    completion = " " + format_answer(record, task)
+    answer = format_answer(record, task)
+    if task.prompt_format == CHAT:  # conversational: the count covers the whole rendered chat, end of turn included
+        prompt, shortened = fit_prompt(record["text"], task, tokenizer, max_length, suffix=answer)
+        return {**trainer_example(prompt, answer, CHAT), "shortened": shortened}
+    completion = " " + answer
     budget = None if max_length is None else max_length - 1  # - 1: the end-of-sequence token trl appends
     prompt, shortened = fit_prompt(record["text"], task, tokenizer, budget, suffix=completion)
     return {"prompt": prompt, "completion": completion, "shortened": shortened}

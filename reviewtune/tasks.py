@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from reviewtune.atomic import atomic_write_json, read_json
+from reviewtune.prompt_format import PLAIN
 from reviewtune.provenance import provenance
 
 TASKS = ("sentiment", "sentiment5", "aspects", "regression")
@@ -44,6 +45,7 @@ class TaskSpec:
     polarities: list[int] = field(default_factory=lambda: list(POLARITIES))  # aspects only
     template: str = TEMPLATE
     keyword_template: str = KEYWORD_TEMPLATE
+    prompt_format: str = PLAIN  # generative runs: plain ###입력 text, or "chat" (the tokenizer's chat template)
 
     @property
     def num_labels(self) -> int:

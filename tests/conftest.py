@@ -112,3 +112,36 @@ def tiny_causal_dir(tiny_corpus_file, tmp_path_factory):
 def tiny_roberta_dir(tiny_corpus_file, tmp_path_factory):
     """Directory of a tiny pre-trained RobertaForMaskedLM + tokenizer (load with a new classification head)."""
     return _build_tiny("roberta", tiny_corpus_file, tmp_path_factory)
+
+
+# A Qwen2.5-Instruct-style chat template (ChatML, a default system prompt when none is given).
+CHATML_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_causal_dir(tiny_causal_dir, tmp_path_factory):
+    """The tiny causal LM dressed as an instruct model (a Qwen2.5-Instruct stand-in): ``<|im_start|>`` /
+    ``<|im_end|>`` special tokens, a ChatML chat template with a default system prompt, and the sampling
+    ``generation_config`` such models ship (do_sample, temperature, top_p, top_k, a repetition penalty). The
+    end-of-turn token is not the tokenizer's EOS, as in Llama-3-Instruct's base tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out = tmp_path_factory.mktemp("tiny_chat_causal")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    model.resize_token_embeddings(len(tokenizer))
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+    )  # fmt: skip
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -112,10 +112,31 @@ def assert_run_dir(run_dir: Path, method: str):
     assert 0 < summary["trainable_params"] <= summary["total_params"]
     for name in ("task_spec.json", "token_freqs.json", "classification_report.json", "tokenizer.json"):
         assert (run_dir / name).is_file(), name
-    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
-    assert (run_dir / weights).is_file()
+    # The directory is the complete model (LoRA: merged, the adapter kept in adapter/ where loaders do not see it)
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "config.json").is_file()
+    assert not (run_dir / "adapter_config.json").exists()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file() == (method == "lora")
     assert not list(run_dir.glob("*.bin")) or all(p.name == "training_args.bin" for p in run_dir.glob("*.bin"))
+    assert_model_cards(run_dir, method)
     return summary
+
+
+def assert_model_cards(run_dir: Path, method: str):
+    """A Hugging Face card in the model directory (and its adapter/), none of PEFT's boilerplate left."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
+    assert {"reviewtune", method} <= set(card.data.tags) and card.data.language == ["ko"]
+    for section in ("## Task", "## Data", "## Training", "## Results", "## Reproduce", "## How to load"):
+        assert section in card.text, section
+    assert "accelerate launch recipes/classify_roberta.py" in card.text
+    assert f'pipeline("text-classification", model="{run_dir}' in card.text
+    if method == "lora":
+        assert ModelCard.load(run_dir / "adapter" / "README.md").data.library_name == "peft"
+    for readme in run_dir.glob("**/README.md"):
+        if "checkpoint-" not in str(readme):
+            assert "Model Card for Model ID" not in readme.read_text(), readme
 
 
 def pipeline_labels(model_dir: Path, texts: list[str]) -> list[str]:
@@ -260,23 +281,30 @@ def test_sentiment_lora_run_merges_and_resumes(tmp_path, tiny_roberta_dir):
     out, summary = run_recipe(tmp_path, tiny_roberta_dir, "sentiment", "lora")
     assert_loss_fell(out)
     assert_run_dir(out, "lora")
-    assert summary["pipeline_model"] == "merged" and summary["metrics"]["test"]["n"] == 24
-    assert (out / "merged" / "model.safetensors").is_file()
-    config = json.loads((out / "merged" / "config.json").read_text())
+    assert summary["pipeline_model"] == "." and summary["metrics"]["test"]["n"] == 24
+    config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "부정", "1": "긍정"}
-    # the merged model round-trips through pipeline, with label names, and agrees with the adapter
+    # the run directory itself round-trips through pipeline, with label names, and agrees with the adapter
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    texts = ["배송 정말 좋아요", "가격 실망이에요", "색상 아쉬워요"]
-    labels = pipeline_labels(out / "merged", texts)
+    from reviewtune.evaluation.predict import predict
+    from reviewtune.evaluation.systems import load_system
+
+    texts = ["배송 정말 좋아요", "가격 실망이에요", "색상 아쉬워요", "사이즈 최고예요"]
+    labels = pipeline_labels(out, texts)
     assert set(labels) <= {"부정", "긍정"}
     base = AutoModelForSequenceClassification.from_pretrained(tiny_roberta_dir, config=str(out / "config.json"))
-    adapter = PeftModel.from_pretrained(base, out).eval()
+    adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
     tok = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():
         ids = adapter(**tok(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
     assert labels == [["부정", "긍정"][i] for i in ids]
+    # the harness scores this same directory: its predictions are the pipeline's
+    harness = predict(load_system(out), [{"id": str(i), "text": t} for i, t in enumerate(texts)], progress=False)
+    assert labels == [["부정", "긍정"][p["label"]] for p in harness]
+    # why the adapter is not left in the model directory: alone it rebuilds the head from the base config
+    assert set(pipeline_labels(out / "adapter", texts)) <= {"LABEL_0", "LABEL_1"}
     # re-launched into the same output_dir with more steps: resumes from the last checkpoint
     _, resumed = run_recipe(tmp_path, tiny_roberta_dir, "sentiment", "lora", "--max_steps", str(STEPS + 6))
     assert resumed["resumed_from"].endswith(f"checkpoint-{STEPS}") and resumed["global_step"] == STEPS + 6
@@ -314,12 +342,16 @@ def test_aspects_two_model_system(tmp_path, tiny_roberta_dir):
         assert sub["component"] == name
     thresholds = read_json(out / "keywords" / "thresholds.json")["thresholds"]
     assert list(thresholds) == KEYWORDS and all(0 < t < 1 for t in thresholds.values())
-    assert set(pipeline_labels(out / "keywords" / "merged", ["배송 좋아요"])) <= set(KEYWORDS)
-    assert set(pipeline_labels(out / "keyword_sentiment" / "merged", ["###입력: 배송 좋아요\n###키워드: 배송"])) <= {
+    assert set(pipeline_labels(out / "keywords", ["배송 좋아요"])) <= set(KEYWORDS)
+    assert set(pipeline_labels(out / "keyword_sentiment", ["###입력: 배송 좋아요\n###키워드: 배송"])) <= {
         "-2", "-1", "0", "1", "2"}  # fmt: skip
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the two-model system's own card
+    assert "keywords/" in card.text and "keyword_sentiment/" in card.text and "load_as_scored" in card.text
     # keyword inputs are cut on the left, so the keyword at the end survives truncation
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(out / "keyword_sentiment" / "merged")
+    tok = AutoTokenizer.from_pretrained(out / "keyword_sentiment")
     ids = tok("###입력: " + "아주 긴 리뷰 " * 50 + "\n###키워드: 배송", truncation=True, max_length=16)["input_ids"]
     assert len(ids) == 16 and tok.decode(ids, skip_special_tokens=True).endswith("배송")

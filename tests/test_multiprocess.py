@@ -332,7 +332,7 @@ def test_classifier_ddp_two_processes_match_one(probe, roberta_no_dropout, data_
     launch_two_processes(probe, "cpu_2proc.yaml", "classify_roberta.py", "WeightedLossTrainer", two_dir,
                          classifier_args(roberta_no_dropout, data_dir, two_dir, 4))  # fmt: skip
     check_two_ranks(read_probe(two_dir), read_probe(one_dir), "MULTI_CPU")
-    assert_same_training(one_dir, two_dir, "adapter_model.safetensors")
+    assert_same_training(one_dir, two_dir, "adapter/adapter_model.safetensors")  # the LoRA run's adapter
     m1 = json.loads((one_dir / "run_summary.json").read_text())["metrics"]
     m2 = json.loads((two_dir / "run_summary.json").read_text())["metrics"]
     assert m1["validation"]["accuracy"] == m2["validation"]["accuracy"]

@@ -5,22 +5,29 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import shutil
 from pathlib import Path
 
 import bitsandbytes as bnb
+import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig, pipeline
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from reviewtune.evaluation.as_scored import load_as_scored, pipeline_inputs
 from reviewtune.evaluation.generation import generate_answers
+from reviewtune.evaluation.predict import answer_token_budget, predict
+from reviewtune.evaluation.systems import load_system
 from reviewtune.models.loading import adapters_follow_compute_dtype, load_causal_lm, load_trained_for_generation
 from reviewtune.models.quantization import keep_4bit_weights_unpacked
-from reviewtune.prompts import to_instruction
-from reviewtune.tasks import DEFAULT_KEYWORDS, get_task
+from reviewtune.prompts import build_prompt, parse_answer, to_instruction
+from reviewtune.tasks import DEFAULT_KEYWORDS, TaskSpec, get_task
 from reviewtune.training.run_directory import SUMMARY_KEYS
 from reviewtune.training.sample_predictions import answer_samples
+from reviewtune.training.serving import files_to_push
 from reviewtune.training.sft_examples import TOO_LONG, instruction_dataset, packing_keeps_examples_apart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +87,8 @@ def _argv(model_dir, data_dir, output_dir, *extra) -> list[str]:
 def qlora_run(recipe, tiny_causal_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("qlora_run")
     # As the embedded default: LoRA plus fully trained (tied) input/output embeddings.
-    argv = _argv(tiny_causal_dir, data_dir, out, "--merge", "true", "--lora_modules_to_save", "embed_tokens")
+    argv = _argv(tiny_causal_dir, data_dir, out, "--merge", "true", "--lora_modules_to_save", "embed_tokens",
+                 "--report_to", "tensorboard")  # fmt: skip
     summary = recipe.main(argv)
     return out, summary
 
@@ -262,6 +270,13 @@ def test_packing_lora_and_full_runs(recipe, tiny_causal_dir, data_dir, tmp_path)
     assert (full["method"], full["quantization"]) == ("full", "none")
     assert full["trainable_params"] == full["total_params"] > lora["trainable_params"]
     assert (tmp_path / "full" / "model.safetensors").is_file()
+    # A full fine-tune is a model directory itself: the harness's decoding in its generation config, its own card
+    saved = GenerationConfig.from_pretrained(tmp_path / "full")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "full")
+    assert saved.do_sample is False and saved.max_new_tokens == answer_token_budget(TASK, tokenizer)
+    card = ModelCard.load(tmp_path / "full" / "README.md")
+    assert card.data.library_name == "transformers" and "full" in card.data.tags
+    assert f'pipeline("text-generation", model="{tmp_path / "full"}")` | yes' in card.text
 
 
 def test_every_config_parses_and_unknown_keys_fail(recipe, tmp_path):
@@ -307,3 +322,108 @@ def test_reloaded_run_answers_like_the_trained_model(qlora_run, tiny_causal_dir,
     assert after == [p["after"] for p in preds]
     assert before == [p["before"] for p in preds]
     assert after != before
+
+
+def _test_records(data_dir) -> list[dict]:
+    return [json.loads(line) for line in (data_dir / "test.jsonl").read_text().splitlines()]
+
+
+def test_merged_model_answers_like_the_harness_in_a_plain_pipeline(qlora_run, data_dir):
+    """What the issue saw: the merged model kept the base's generation config. Now pipeline() with no generation
+    arguments gives the harness's greedy answers, and so does the NF4 load the run's card names."""
+    out, _ = qlora_run
+    records = _test_records(data_dir)
+    task = TaskSpec.load(out)
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    saved = GenerationConfig.from_pretrained(out / "merged")
+    assert saved.do_sample is False and saved.num_beams == 1
+    assert saved.max_new_tokens == answer_token_budget(task, tokenizer)
+    assert saved.eos_token_id == [tokenizer.eos_token_id]
+
+    reported = [p["raw"] for p in predict(load_system(out), records, scoring="generate", progress=False)]
+    harness = [p["raw"] for p in predict(load_system(out, merged=True), records, scoring="generate", progress=False)]
+    assert harness == reported  # merged/ scores as the NF4 adapter run the report scored
+    prompts = [build_prompt(r["text"], task) for r in records]
+    generator = pipeline("text-generation", model=str(out / "merged"), device="cpu")
+    outputs = generator(prompts)  # no generation arguments at all
+    assert [o[0]["generated_text"].removeprefix(p) for o, p in zip(outputs, prompts, strict=True)] == harness
+    assert len(set(harness)) > 1 and sum(parse_answer(a, task).valid for a in harness) >= 2  # real answers
+
+    # The card's NF4 load + the run's generation config: the same answers; without NF4: a different function
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    nf4 = AutoPeftModelForCausalLM.from_pretrained(out, quantization_config=quant, dtype=torch.float32).eval()
+    keep_4bit_weights_unpacked(nf4)
+    nf4.generation_config = GenerationConfig.from_pretrained(out)
+    nf4_outputs = pipeline("text-generation", model=nf4, tokenizer=AutoTokenizer.from_pretrained(out))(prompts)
+    assert [o[0]["generated_text"].removeprefix(p) for o, p in zip(nf4_outputs, prompts, strict=True)] == harness
+    unquantised = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    enc = tokenizer(prompts[:2], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        diff = (nf4(**enc).logits - unquantised(**enc).logits).abs()[enc["attention_mask"].bool()].max().item()
+    assert diff > 100 * MERGE_LOGIT_ATOL, diff
+
+
+def test_load_as_scored_plain_run_in_a_pipeline(qlora_run, data_dir):
+    out, _ = qlora_run
+    records = _test_records(data_dir)
+    system = load_as_scored(out)
+    generator = pipeline("text-generation", model=system.model, tokenizer=system.tokenizer)
+    outputs = generator(pipeline_inputs(system, [r["text"] for r in records]), return_full_text=False)
+    assert [o[0]["generated_text"] for o in outputs] == [
+        p["raw"] for p in predict(system, records, scoring="generate", progress=False)
+    ]
+
+
+def test_run_card_and_the_files_that_would_be_pushed(qlora_run, tmp_path):
+    out, summary = qlora_run
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
+    assert {"reviewtune", "trl", "sft", "qlora"} <= set(card.data.tags) and card.data.language == ["ko"]
+    assert card.data.base_model is None  # a local base is named in the text, not as a hub id
+    for section in ("## Task", "## Data", "## Training", "## Results", "## Reproduce", "## How to load"):
+        assert section in card.text, section
+    text = card.text
+    assert "QLoRA fine-tune (4-bit NF4 base, LoRA r=8, alpha=16)" in text and "train 96, validation 16" in text
+    assert f"final validation loss {summary['final_eval_loss']:.4g}" in text.lower()
+    assert "accelerate launch recipes/sft_qlora.py --model_name_or_path" in text and "--merge true" in text
+    assert f'pipeline("text-generation", model="{out}/merged")` | yes' in text
+    unquantised = f'AutoPeftModelForCausalLM.from_pretrained("{out}")`, `pipeline("text-generation", model="{out}")`'
+    assert f"{unquantised} | no" in text
+    assert "GenerationConfig.from_pretrained" in text and "max_new_tokens=" in text
+    assert ModelCard.load(out / "merged" / "README.md").data.library_name == "transformers"
+    for readme in out.glob("**/README.md"):
+        if "checkpoint-" not in str(readme):  # PEFT's and trl's cards are replaced
+            written = readme.read_text()
+            assert "Model Card for Model ID" not in written and "fine-tuned version of" not in written, readme
+
+    files = files_to_push(out)
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "generation_config.json",
+            "task_spec.json", "run_summary.json", "sample_predictions.json", "merged/README.md", "merged/config.json",
+            "merged/model.safetensors", "merged/generation_config.json", "merged/tokenizer.json",
+            } <= set(files)  # fmt: skip
+    assert not [f for f in files if "checkpoint-" in f or f.endswith(".bin") or "/." in f or f.startswith(".")]
+    assert any(f.startswith("runs/") and "tfevents" in f for f in files)  # the training curves go along
+    # What a hub user downloads is complete: the copy loads and answers as the run does
+    hub = tmp_path / "hub"
+    for f in files:
+        (hub / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / f, hub / f)
+    records = [{"id": "a", "text": "배송이 빨라요 그리고 색상이 예뻐요"}]
+    assert predict(load_system(hub), records, progress=False) == predict(load_system(out), records, progress=False)
+    assert predict(load_system(hub, merged=True), records, progress=False)[0]["raw"] == pipeline(
+        "text-generation", model=str(hub / "merged"))(build_prompt(records[0]["text"], TASK), return_full_text=False
+    )[0]["generated_text"]  # fmt: skip
+
+
+def test_tensorboard_logs_are_written_offline(qlora_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, summary = qlora_run
+    (log_dir,) = {p.parent for p in (out / "runs").glob("*/events.out.tfevents.*")}
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [step for step, _ in summary["train_loss_history"]]
+    np.testing.assert_allclose([e.value for e in losses], [loss for _, loss in summary["train_loss_history"]],
+                               rtol=1e-5)  # fmt: skip

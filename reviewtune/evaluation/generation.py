@@ -59,18 +59,21 @@ def generate_answers(
     max_new_tokens: int = 32,
     batch_size: int = 16,
     progress: bool = True,
+    add_special_tokens: bool = True,
+    eos_token_ids: Sequence[int] = (),
 ) -> list[str]:
     """Greedy-decode a continuation for every prompt; returns the decoded continuation only.
 
     Batched with left padding and the KV cache; each sequence stops at its first end-of-sequence token
-    (the text after it, and the token itself, are dropped).
+    (the text after it, and the token itself, are dropped). ``eos_token_ids`` adds stop tokens (a chat
+    template's end of turn); ``add_special_tokens=False`` for prompts that carry their own (a rendered chat).
     """
     if not prompts:
         return []
     model.eval()
     device = _device(model)
     pad_id = _pad_id(tokenizer)
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = sorted(set(_eos_ids(model, tokenizer)) | {int(i) for i in eos_token_ids})
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -79,7 +82,7 @@ def generate_answers(
         pad_token_id=pad_id,
         eos_token_id=eos_ids or None,
     )
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     answers: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="Generating", unit="review", disable=not progress)
@@ -113,13 +116,14 @@ def label_loglik(
     completions: list[str],
     batch_size: int = 16,
     progress: bool = True,
+    add_special_tokens: bool = True,
 ) -> np.ndarray:
     """Summed log-likelihood of each completion after each prompt: shape ``[n_prompts, n_completions]``.
 
     The lm-evaluation-harness ``multiple_choice`` rule: pass completions as ``" " + label``. Prompt and
     prompt+completion are tokenised separately and only the completion tokens (from where the two id
     lists diverge, as in trl's SFT tokenisation) are scored, so a token merging across the boundary is
-    never half-counted.
+    never half-counted. ``add_special_tokens=False`` for prompts that carry their own (a rendered chat).
     """
     n_p, n_c = len(prompts), len(completions)
     scores = np.zeros((n_p, n_c), dtype=np.float64)
@@ -131,9 +135,9 @@ def label_loglik(
     # One sequence per (prompt, completion) pair: ids and where the completion starts.
     pairs: list[tuple[int, int, list[int], int]] = []
     for i, prompt in enumerate(prompts):
-        prompt_ids = tokenizer(prompt)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
         for j, completion in enumerate(completions):
-            full = tokenizer(prompt + completion)["input_ids"]
+            full = tokenizer(prompt + completion, add_special_tokens=add_special_tokens)["input_ids"]
             start = _common_prefix_length(prompt_ids, full)
             if start >= len(full):
                 raise ValueError(f"completion {completion!r} adds no tokens after prompt {i}")

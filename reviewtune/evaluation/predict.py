@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from reviewtune.evaluation.generation import generate_answers, label_loglik, loglik_probs
 from reviewtune.evaluation.prediction_schema import new_prediction
 from reviewtune.evaluation.systems import LOGLIK_TASKS, System, id2label
+from reviewtune.prompt_format import add_special_tokens, completion_text, model_input, stop_ids
 from reviewtune.prompts import fit_prompt, keyword_input, parse_answer
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
 
@@ -35,13 +36,20 @@ def _prompt_budget(system: System, answer_tokens: int) -> int | None:
     return max(8, min(limits)) if limits else None
 
 
+def generation_prompts(system: System, reviews: list[str]) -> list[str]:
+    """The prompts ``generate`` scoring answers for ``reviews``: cut to the run's budget, before the chat template."""
+    budget = _prompt_budget(system, answer_token_budget(system.task, system.tokenizer))
+    return [fit_prompt(review, system.task, system.tokenizer, budget)[0] for review in reviews]
+
+
 def _predict_generate(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
-    task, tok = system.task, system.tokenizer
-    max_new = answer_token_budget(task, tok)
-    budget = _prompt_budget(system, max_new)
-    prompts, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
-    answers = generate_answers(system.model, tok, list(prompts), max_new_tokens=max_new, batch_size=batch_size,
-                               progress=progress)  # fmt: skip
+    task, tok, fmt = system.task, system.tokenizer, system.task.prompt_format
+    budget = _prompt_budget(system, answer_token_budget(task, tok))
+    fitted, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
+    prompts = [model_input(p, tok, fmt) for p in fitted]
+    answers = generate_answers(system.model, tok, prompts, max_new_tokens=answer_token_budget(task, tok),
+                               batch_size=batch_size, progress=progress, add_special_tokens=add_special_tokens(fmt),
+                               eos_token_ids=stop_ids(tok, fmt, system.model))  # fmt: skip
     out = []
     for r, answer, shortened in zip(records, answers, cut, strict=True):
         pred = new_prediction(r["id"], raw=answer, shortened=shortened)
@@ -58,11 +66,14 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
     task, tok = system.task, system.tokenizer
     if task.name not in LOGLIK_TASKS:
         raise ValueError(f"scoring 'loglik' needs a closed label set ({', '.join(LOGLIK_TASKS)}), not {task.name!r}")
-    completions = [" " + name for name in task.label_names]
+    fmt = task.prompt_format
+    completions = [completion_text(name, tok, fmt) for name in task.label_names]  # chat: with the end of turn
     longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
     budget = _prompt_budget(system, longest)
-    prompts, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
-    scores = label_loglik(system.model, tok, list(prompts), completions, batch_size=batch_size, progress=progress)
+    fitted, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
+    prompts = [model_input(p, tok, fmt) for p in fitted]
+    scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress,
+                          add_special_tokens=add_special_tokens(fmt))  # fmt: skip
     probs = loglik_probs(scores)
     return [
         new_prediction(r["id"], label=int(row.argmax()), probs=[float(p) for p in row], shortened=shortened)

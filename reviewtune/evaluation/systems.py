@@ -244,7 +244,7 @@ def _load_classifier_model(run_dir: Path, summary: dict):
 
     device = _device()
     remote = {"trust_remote_code": _remote_code(summary)}
-    # The run names the directory a pipeline loads (``merged`` for LoRA runs): scored as deployed.
+    # The run names the directory a pipeline loads (``.``; ``merged`` in older LoRA runs): scored as deployed.
     pipeline_model = summary.get("pipeline_model")
     if pipeline_model not in (None, ".") and (run_dir / pipeline_model / "config.json").is_file():
         weights_dir = run_dir / pipeline_model

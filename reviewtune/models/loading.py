@@ -200,13 +200,15 @@ def load_trained_for_generation(run_dir: str | Path, base_model_path: str, model
 
 
 def merge_adapter(
-    run_dir: str | Path, base_model_path: str, model_args: ModelConfig, training_args, tokenizer=None
-) -> Path:
+    run_dir: str | Path, base_model_path: str, model_args: ModelConfig, training_args, tokenizer=None,
+    generation_config=None,
+) -> Path:  # fmt: skip
     """Write ``run_dir/merged``: the adapter merged into the de-quantised base, in 16-bit (fp32 on CPU).
 
     For QLoRA the base is loaded in NF4 exactly as in training and de-quantised (``model.dequantize()``),
     so the merged weights are ``dequant(W_nf4) + B @ A * scale``: the function the trained QLoRA model
     computes, not the original full-precision weights plus an adapter trained against NF4 ones.
+    ``generation_config`` (the harness's decoding) replaces the base's in the merged model.
     """
     from peft import PeftModel
 
@@ -219,6 +221,8 @@ def merge_adapter(
         base = base.dequantize()
     merged = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
     merged = merged.to(dtype)
+    if generation_config is not None:
+        merged.generation_config = generation_config
     out = run_dir / "merged"
     with atomic_directory(out) as tmp:  # written beside, then renamed into place: readers never see half a model
         merged.save_pretrained(tmp, safe_serialization=True)

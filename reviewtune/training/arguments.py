@@ -4,7 +4,7 @@ repeats one of those (``trust_remote_code`` is ``SFTConfig``'s in the SFT recipe
 in the classifier recipe, since ``TrainingArguments`` has none).
 
 - ``DataArguments``: which records, which task (both fine-tuning recipes);
-- ``SFTScriptArguments``: ``recipes/sft_qlora.py``'s merge and sample predictions;
+- ``SFTScriptArguments``: ``recipes/sft_qlora.py``'s merge, sample predictions and prompt format;
 - ``ClassifierArguments``: ``recipes/classify_roberta.py``'s heads, losses, thresholds, early stopping;
 - ``PretrainArguments``: ``recipes/pretrain.py`` and the embedded base models.
 """
@@ -60,6 +60,14 @@ class SFTScriptArguments:
     generation_batch_size: int = field(
         default=16,
         metadata={"help": "Batch size for the sample predictions (answered as eval/compare.py's generate scoring)."},
+    )
+    use_chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on the tokenizer's chat template (the instruction as the user turn, the answer as the "
+            "assistant turn; trl's conversational format) instead of the plain ###입력 text. Instruct models "
+            "then answer through chat APIs and pipeline(messages) as trained; task_spec.json records it."
+        },
     )
 
 

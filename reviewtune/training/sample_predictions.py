@@ -56,7 +56,12 @@ def write_sample_predictions(
     return predictions
 
 
-def print_sample_predictions(predictions: list[dict]) -> None:
+def print_sample_predictions(predictions: list[dict], out: Path, merged: bool = False) -> None:
+    """The sample answers before -> after training, and where the run's files are."""
     print("\nSample predictions (reference | before -> after):")
     for p in predictions:
         print(f"  {p['review'][:40]!r}\n    {p['reference']} | {p['before']} -> {p['after']}")
+    print(f"\nAdapter:            {out}\nRun summary:        {out / 'run_summary.json'}")
+    print(f"Sample predictions: {out / 'sample_predictions.json'}")
+    if merged:
+        print(f"Merged model:       {out / 'merged'}")

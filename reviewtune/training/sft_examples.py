@@ -3,7 +3,8 @@
 Reviews are cut to a token budget when the prompt is built (``reviewtune.prompts.to_instruction``), never
 the answer; shortened examples are counted, and an example whose answer alone cannot fit is dropped
 and counted. Only ``prompt`` and ``completion`` columns reach the trainer, so trl appends the
-end-of-sequence token to the completion and computes the loss on the completion only.
+end-of-sequence token to the completion (or, for the chat prompt format, renders both turns with the tokenizer's
+chat template) and computes the loss on the completion only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 
+from reviewtune.prompt_format import example_ids
 from reviewtune.prompts import to_instruction
 from reviewtune.tasks import TaskSpec
 
@@ -37,8 +39,7 @@ def _to_example(record: dict, task: TaskSpec, tokenizer, max_length: int | None)
     too_long = False
     if example["shortened"]:
         # The review was cut to nothing and the answer still does not fit: trl would cut the answer.
-        n = len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) + 1
-        too_long = n > max_length
+        too_long = len(example_ids(tokenizer, example)[1]) > max_length
     return {**example, "too_long": too_long}
 
 
@@ -79,8 +80,7 @@ def packing_keeps_examples_apart(model, tokenizer, examples: list[dict], atol: f
     device = next(model.parameters()).device
     seqs = []
     for ex in examples:
-        prompt_ids = tokenizer(ex["prompt"])["input_ids"]
-        ids = tokenizer(ex["prompt"] + ex["completion"] + tokenizer.eos_token)["input_ids"]
+        prompt_ids, ids = example_ids(tokenizer, ex)
         labels = [-100] * len(prompt_ids) + ids[len(prompt_ids) :]
         seqs.append({"input_ids": ids, "labels": labels})
 
