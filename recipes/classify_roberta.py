@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     if task.name != "aspects":
         summary = components[task.name]
     elif training_args.process_index != 0:
+        PartialState().wait_for_everyone()  # every process leaves together, after rank 0's writes
         return {}
     elif all_kept and (out / "run_summary.json").is_file():
         summary = read_json(out / "run_summary.json")
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
             where = out if task.name != "aspects" else out / name
             print(f"{name}: pipeline('text-classification', model='{where / s['pipeline_model']}')")
         print(f"Metrics: {summary['metrics']}")
+    PartialState().wait_for_everyone()
     return summary
 
 

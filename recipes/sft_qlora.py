@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_model_cards(out, recipe_command(__file__, argv))  # README.md: what was trained, how to load it
         push_run(out, training_args)
         print_sample_predictions(predictions, out, merged=script_args.merge)
+    trainer.accelerator.wait_for_everyone()  # every process leaves together, after rank 0's writes
     return summary
 
 
