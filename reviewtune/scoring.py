@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
 from reviewtune.classifier import load_thresholds
-from reviewtune.generation import generate_answers, label_loglik, loglik_probs
+from reviewtune.generation import answer_end_ids, generate_answers, label_loglik, loglik_probs
 from reviewtune.prompts import build_prompt, keyword_input, parse_answer
 from reviewtune.quantization import compute_dtype, load_pretrained, nf4_config
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
@@ -447,10 +447,12 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
     if task.name not in LOGLIK_TASKS:
         raise ValueError(f"scoring 'loglik' needs a closed label set ({', '.join(LOGLIK_TASKS)}), not {task.name!r}")
     completions = [" " + name for name in task.label_names]
-    longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
+    end_ids = answer_end_ids(tok)  # each label is scored with the end token training puts after it
+    longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions) + len(end_ids)
     budget = _prompt_budget(system, longest)
     prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
-    scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress)
+    scores = label_loglik(system.model, tok, prompts, completions, end_ids=end_ids, batch_size=batch_size,
+                          progress=progress)  # fmt: skip
     probs = loglik_probs(scores)
     out = []
     for r, row in zip(records, probs, strict=True):
