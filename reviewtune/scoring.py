@@ -1,4 +1,4 @@
-"""Load any run directory and predict: generative runs (``generate`` / ``loglik``) and classifiers.
+"""Load any run directory and predict: generative runs (``generate`` / ``loglik`` / ``constrained``) and classifiers.
 
 One prediction dict per record, the same for every kind of system (baselines included)::
 
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
 from reviewtune.classifier import load_thresholds
+from reviewtune.constrained_decoding import constrained_answers, task_language
 from reviewtune.generation import answer_end_ids, generate_answers, label_loglik, loglik_probs
 from reviewtune.prompts import build_prompt, keyword_input, parse_answer
 from reviewtune.quantization import compute_dtype, load_pretrained, nf4_config
@@ -28,7 +29,7 @@ from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
 
 logger = logging.getLogger(__name__)
 
-SCORING_MODES = ("generate", "loglik", "classifier")
+SCORING_MODES = ("generate", "loglik", "constrained", "classifier")
 LOGLIK_TASKS = ("sentiment", "sentiment5")  # closed label sets
 ADAPTER_CONFIG = "adapter_config.json"
 _PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
@@ -56,7 +57,7 @@ class System:
     def scoring_modes(self) -> tuple[str, ...]:
         if self.kind == "classifier":
             return ("classifier",)
-        return ("generate", "loglik") if self.task.name in LOGLIK_TASKS else ("generate",)
+        return ("generate", "loglik", "constrained") if self.task.name in LOGLIK_TASKS else ("generate", "constrained")
 
     @property
     def max_input_tokens(self) -> int:
@@ -422,13 +423,19 @@ def _prompt_budget(system: System, answer_tokens: int) -> int | None:
     return max(8, min(limits)) if limits else None
 
 
-def _predict_generate(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
+def _predict_generate(
+    system: System, records: list[dict], batch_size: int, progress: bool, constrained: bool = False
+) -> list[dict]:
     task, tok = system.task, system.tokenizer
     max_new = answer_token_budget(task, tok)
     budget = _prompt_budget(system, max_new)
     prompts = [fit_prompt(r["text"], task, tok, budget) for r in records]
-    answers = generate_answers(system.model, tok, prompts, max_new_tokens=max_new, batch_size=batch_size,
-                               progress=progress)  # fmt: skip
+    if constrained:  # greedy, restricted to the task's answer language: valid by construction
+        answers = constrained_answers(system.model, tok, prompts, task_language(task), max_new_tokens=max_new,
+                                      batch_size=batch_size, progress=progress)  # fmt: skip
+    else:
+        answers = generate_answers(system.model, tok, prompts, max_new_tokens=max_new, batch_size=batch_size,
+                                   progress=progress)  # fmt: skip
     out = []
     for r, answer in zip(records, answers, strict=True):
         pred = empty_prediction(r["id"])
@@ -537,8 +544,8 @@ def predict(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[dict]:
-    """One prediction dict per record, in order. ``scoring``: ``generate``/``loglik`` (generative runs),
-    ``classifier`` (or ``None``: the system's first mode)."""
+    """One prediction dict per record, in order. ``scoring``: ``generate``/``loglik``/``constrained`` (generative
+    runs), ``classifier`` (or ``None``: the system's first mode)."""
     scoring = scoring or system.scoring_modes[0]
     if scoring not in system.scoring_modes:
         raise ValueError(
@@ -547,8 +554,8 @@ def predict(
         )
     if not records:
         return []
-    if scoring == "generate":
-        return _predict_generate(system, records, batch_size, progress)
+    if scoring in ("generate", "constrained"):
+        return _predict_generate(system, records, batch_size, progress, constrained=scoring == "constrained")
     if scoring == "loglik":
         return _predict_loglik(system, records, batch_size, progress)
     return _predict_classifier(system, records, batch_size, progress)
