@@ -184,13 +184,6 @@ def _label_tree(prompt_ids: list[int], fulls: list[list[int]], end: list[int], c
     return tree
 
 
-def _tokenize_pairs(tokenizer, prompts: list[str], completions: list[str]) -> tuple[list, list]:
-    prompt_ids = tokenizer(list(prompts))["input_ids"]
-    fulls = tokenizer([p + c for p in prompts for c in completions])["input_ids"]
-    n_c = len(completions)
-    return prompt_ids, [fulls[i * n_c : (i + 1) * n_c] for i in range(len(prompts))]
-
-
 @torch.inference_mode()
 def label_loglik(
     model,
@@ -220,21 +213,29 @@ def label_loglik(
         return scores
     model.eval()
     end = answer_end_ids(tokenizer) if end_ids is None else [int(t) for t in end_ids]
-    prompt_ids, fulls = _tokenize_pairs(tokenizer, prompts, completions)
-    trees = [_label_tree(prompt_ids[i], fulls[i], end, completions, i) for i in range(n_p)]
-    if getattr(model.config, "_attn_implementation", "eager") in TREE_ATTENTION:
-        flat = _tree_scores(model, tokenizer, trees, n_c, batch_size, progress)
-    else:
-        flat = _pair_scores(model, tokenizer, trees, n_c, batch_size, progress)
-    return flat.reshape(n_p, n_c)
+    pad_id = _pad_id(tokenizer)
+    score_batch = _tree_scores if getattr(model.config, "_attn_implementation", "eager") in TREE_ATTENTION else (
+        _pair_scores)  # fmt: skip
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    order = sorted(range(n_p), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
+    bar = tqdm(total=n_p, desc="Scoring labels", unit="review", disable=not progress)
+    for start in range(0, n_p, batch_size):
+        idx = order[start : start + batch_size]
+        fulls = tokenizer([prompts[i] + c for i in idx for c in completions])["input_ids"]
+        trees = [_label_tree(prompt_ids[i], fulls[k * n_c : (k + 1) * n_c], end, completions, i)
+                 for k, i in enumerate(idx)]  # fmt: skip
+        scores[idx] = score_batch(model, pad_id, trees, batch_size)
+        bar.update(len(idx))
+    bar.close()
+    return scores
 
 
 def _attention_dtype(model) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-def _tree_scores(model, tokenizer, trees: list[_LabelTree], n_c: int, batch_size: int, progress: bool) -> np.ndarray:
-    """Scores of every (prompt, label) pair, flat, from one forward pass per batch of prompt + label trees.
+def _tree_scores(model, pad_id: int, trees: list[_LabelTree], batch_size: int) -> np.ndarray:
+    """``[len(trees), n_labels]`` scores from one forward pass over the prompts + label trees.
 
     Written by hand because transformers has no tree (shared-prefix) scoring: each row is the left-padded
     shared prompt prefix followed by the tree's read nodes, with explicit position ids (a node's position is the
@@ -243,77 +244,72 @@ def _tree_scores(model, tokenizer, trees: list[_LabelTree], n_c: int, batch_size
     label; ``logits_to_keep`` (a boolean mask) projects only the last prompt position and the read nodes.
     """
     device = _device(model)
-    pad_id = _pad_id(tokenizer)
-    sdpa = getattr(model.config, "_attn_implementation", "eager") == "sdpa"
-    dtype = _attention_dtype(model)
-    flat = torch.zeros(len(trees) * n_c, dtype=torch.float64)
-    order = sorted(range(len(trees)), key=lambda i: (len(trees[i].shared), len(trees[i].fed)))
-    bar = tqdm(total=len(trees), desc="Scoring labels", unit="review", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = [trees[i] for i in idx]
-        feds = [tree.fed for tree in batch]
-        width = max(len(tree.shared) for tree in batch)
-        n_cols = width + max(len(f) for f in feds)
-        input_ids = torch.full((len(batch), n_cols), pad_id, dtype=torch.long)
-        position_ids = torch.zeros((len(batch), n_cols), dtype=torch.long)
-        allowed = torch.zeros((len(batch), n_cols, n_cols), dtype=torch.bool)
-        keep = torch.zeros((len(batch), n_cols), dtype=torch.bool)
-        rows, targets, pairs = [], [], []
-        kept = 0  # logits rows come back flattened in (row, column) order
-        for b, (i, tree, fed) in enumerate(zip(idx, batch, feds, strict=True)):
-            n, off = len(tree.shared), width - len(tree.shared)
-            input_ids[b, off:width] = torch.tensor(tree.shared, dtype=torch.long)
-            position_ids[b, off:width] = torch.arange(n)
-            allowed[b, off:width, off:width] = torch.ones(n, n, dtype=torch.bool).tril()
-            col = {node: width + k for k, node in enumerate(fed)}
-            for node, c in col.items():
-                input_ids[b, c] = tree.tokens[node]
-                position_ids[b, c] = n + tree.depths[node] - 1
-                allowed[b, c, off:width] = True
-                m = node
-                while m >= 0:  # ancestors (all read: they have children) and itself
-                    allowed[b, c, col[m]] = True
-                    m = tree.parents[m]
-            for c in [*range(off), *range(width + len(fed), n_cols)]:
-                allowed[b, c, c] = True  # padding attends to itself only: no fully masked row
-            keep[b, width - 1] = True
-            keep[b, width : width + len(fed)] = True
-            logit_row = {-1: kept, **{node: kept + 1 + k for k, node in enumerate(fed)}}
-            for j, node, token in tree.scored:
-                rows.append(logit_row[node])
-                targets.append(token)
-                pairs.append(i * n_c + j)
-            kept += 1 + len(fed)
-        mask = allowed[:, None]
-        if not sdpa:  # eager attention adds the mask to its scores
-            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
-        logits = model(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=position_ids.to(device),
-            logits_to_keep=keep.to(device),
-            use_cache=False,
-        ).logits
-        logprobs = torch.log_softmax(logits.float().reshape(kept, -1), dim=-1)
-        token_lp = logprobs[torch.tensor(rows, device=logprobs.device), torch.tensor(targets, device=logprobs.device)]
-        flat.index_add_(0, torch.tensor(pairs), token_lp.double().cpu())
-        bar.update(len(batch))
-    bar.close()
-    return flat.numpy()
+    feds = [tree.fed for tree in trees]
+    width = max(len(tree.shared) for tree in trees)
+    n_cols = width + max(len(f) for f in feds)
+    input_ids = np.full((len(trees), n_cols), pad_id, dtype=np.int64)
+    position_ids = np.zeros((len(trees), n_cols), dtype=np.int64)
+    allowed = np.zeros((len(trees), n_cols, n_cols), dtype=bool)
+    keep = np.zeros((len(trees), n_cols), dtype=bool)
+    rows, targets, owners = [], [], []
+    kept = 0  # logits come back flattened in (row, column) order
+    for b, (tree, fed) in enumerate(zip(trees, feds, strict=True)):
+        n, off = len(tree.shared), width - len(tree.shared)
+        input_ids[b, off:width] = tree.shared
+        position_ids[b, off:width] = np.arange(n)
+        allowed[b, off:width, off:width] = np.tri(n, dtype=bool)
+        col = {node: width + k for k, node in enumerate(fed)}
+        for node, c in col.items():
+            input_ids[b, c] = tree.tokens[node]
+            position_ids[b, c] = n + tree.depths[node] - 1
+            allowed[b, c, off:width] = True
+            m = node
+            while m >= 0:  # ancestors (all read: they have children) and itself
+                allowed[b, c, col[m]] = True
+                m = tree.parents[m]
+        pads = np.r_[0:off, width + len(fed) : n_cols]
+        allowed[b, pads, pads] = True  # padding attends to itself only: no fully masked row
+        keep[b, width - 1 : width + len(fed)] = True
+        logit_row = {-1: kept, **{node: kept + 1 + k for k, node in enumerate(fed)}}
+        for j, node, token in tree.scored:
+            rows.append(logit_row[node])
+            targets.append(token)
+            owners.append(b * len(tree.sequences) + j)
+        kept += 1 + len(fed)
+    mask = torch.from_numpy(allowed)[:, None]
+    if getattr(model.config, "_attn_implementation", "eager") != "sdpa":  # eager adds the mask to its scores
+        dtype = _attention_dtype(model)
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+    logits = model(
+        input_ids=torch.from_numpy(input_ids).to(device),
+        attention_mask=mask.to(device),
+        position_ids=torch.from_numpy(position_ids).to(device),
+        logits_to_keep=torch.from_numpy(keep).to(device),
+        use_cache=False,
+    ).logits
+    return _sum_logprobs(logits.reshape(kept, -1), rows, targets, owners, (len(trees), len(trees[0].sequences)))
 
 
-def _pair_scores(model, tokenizer, trees: list[_LabelTree], n_c: int, batch_size: int, progress: bool) -> np.ndarray:
-    """Scores of every (prompt, label) pair, flat, one right-padded sequence per pair: for attention
-    implementations that take no custom 4D mask. Only the scored positions are projected to the vocabulary."""
+def _sum_logprobs(logits: torch.Tensor, rows: list[int], targets: list[int], owners: list[int], shape) -> np.ndarray:
+    """Sum of ``log_softmax(logits)[rows, targets]`` per owner (a flat index into ``shape``)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    token_lp = logprobs[torch.tensor(rows, device=logits.device), torch.tensor(targets, device=logits.device)]
+    flat = torch.zeros(int(np.prod(shape)), dtype=torch.float64)
+    flat.index_add_(0, torch.tensor(owners), token_lp.double().cpu())
+    return flat.numpy().reshape(shape)
+
+
+def _pair_scores(model, pad_id: int, trees: list[_LabelTree], batch_size: int) -> np.ndarray:
+    """``[len(trees), n_labels]`` scores from one right-padded sequence per (prompt, label) pair, ``batch_size``
+    pairs per forward pass: for attention implementations that take no custom 4D mask. Only the scored
+    positions are projected to the vocabulary."""
     device = _device(model)
-    pad_id = _pad_id(tokenizer)
-    pairs = [(i * n_c + j, seq, tree.starts[j]) for i, tree in enumerate(trees) for j, seq in enumerate(tree.sequences)]
-    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][1]))
-    flat = torch.zeros(len(pairs), dtype=torch.float64)
-    bar = tqdm(total=len(pairs), desc="Scoring labels", unit="pair", disable=not progress)
-    for b in range(0, len(order), batch_size):
-        batch = [pairs[k] for k in order[b : b + batch_size]]
+    n_c = len(trees[0].sequences)
+    pairs = [(b * n_c + j, seq, tree.starts[j]) for b, tree in enumerate(trees) for j, seq in enumerate(tree.sequences)]
+    pairs.sort(key=lambda pair: len(pair[1]))
+    out = np.zeros((len(trees), n_c), dtype=np.float64)
+    for b in range(0, len(pairs), batch_size):
+        batch = pairs[b : b + batch_size]
         width = max(len(seq) for _, seq, _ in batch)
         # Right padding: positions are then the same as unpadded, and padded tokens are never scored.
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -332,13 +328,8 @@ def _pair_scores(model, tokenizer, trees: list[_LabelTree], n_c: int, batch_size
             logits_to_keep=keep.to(device),
             use_cache=False,
         ).logits
-        logprobs = torch.log_softmax(logits.float().reshape(len(targets), -1), dim=-1)
-        rows = torch.arange(len(targets), device=logprobs.device)
-        token_lp = logprobs[rows, torch.tensor(targets, device=logprobs.device)]
-        flat.index_add_(0, torch.tensor(owners), token_lp.double().cpu())
-        bar.update(len(batch))
-    bar.close()
-    return flat.numpy()
+        out += _sum_logprobs(logits.reshape(len(targets), -1), list(range(len(targets))), targets, owners, out.shape)
+    return out
 
 
 def loglik_probs(scores: np.ndarray) -> np.ndarray:
