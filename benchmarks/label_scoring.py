@@ -1,0 +1,257 @@
+"""Throughput and peak memory of a generative run's scoring modes on the same reviews (issue 17, item 3).
+
+    python benchmarks/label_scoring.py --run RUN_DIR --records test/records.jsonl --n 2000
+
+Trains nothing. Each mode runs in its own fresh Python process (peak resident memory never falls within a
+process, so modes measured one after another would inherit each other's peak), loads the run the way the
+harness does (``reviewtune.scoring.load_system``), predicts one untimed warm-up batch, then times every review:
+
+- ``generate``: greedy decoding, parsed (``predict(..., scoring="generate")``);
+- ``loglik``: every label's log-likelihood with the end token (closed label sets only);
+- ``constrained``: greedy decoding restricted to the task's answer language;
+- ``prompt``: one left-padded forward pass over each prompt projecting only its last position, the floor of
+  any label log-likelihood (it reads the same prompts and nothing else).
+
+Prints reviews/s, peak RSS (CPU; CUDA peak allocated on a GPU) and invalid rates per mode, and the ratios
+``loglik / generate`` (throughput), ``loglik / prompt`` (time), ``constrained / generate`` (throughput) and
+``loglik / generate`` (peak memory). ``--code DIR`` runs the children on another checkout's ``reviewtune``
+(e.g. ``git archive <commit> reviewtune | tar -x -C DIR``) to measure "before" on the same reviews;
+``--repeats`` runs each mode that many times, interleaved, and reports medians. Writes ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.environ.get("LABEL_SCORING_CODE") or str(ROOT))  # the checkout whose reviewtune is measured
+
+MODES = ("generate", "loglik", "constrained", "prompt")
+
+
+def _rss_now() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _peak_memory() -> tuple[int, str]:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale, "peak_rss"
+
+
+def _prompt_pass(system, records: list[dict], batch_size: int) -> list[list[float]]:
+    """The floor: the prompts loglik reads, one forward pass each (left-padded batches by length, position
+    ids from the mask), only the last position projected; returns each label's first-token log-probability."""
+    import torch
+
+    from reviewtune import scoring
+
+    task, tok, model = system.task, system.tokenizer, system.model
+    labels = [" " + name for name in task.label_names] or [" " + scoring.EMPTY_ASPECTS_ANSWER]
+    first = [tok(label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    longest = max(len(tok(label, add_special_tokens=False)["input_ids"]) for label in labels) + 1
+    budget = scoring._prompt_budget(system, longest)
+    encoded = tok([scoring.fit_prompt(r["text"], task, tok, budget) for r in records])["input_ids"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[]] * len(records)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), logits_to_keep=1,
+                           use_cache=False).logits[:, -1]  # fmt: skip
+            lp = torch.log_softmax(logits.float(), dim=-1)[:, first].cpu().tolist()
+            for row, i in enumerate(idx):
+                out[i] = lp[row]
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    """One mode in this process: load, warm up on one batch, time all reviews, write the result."""
+    import torch
+
+    from reviewtune.records import read_records
+    from reviewtune.scoring import load_system, predict
+
+    torch.manual_seed(0)
+    records = read_records(args.subset)  # the parent's selection only: nothing else held in memory
+    start = time.perf_counter()
+    system = load_system(args.run)
+    load_s = time.perf_counter() - start
+    rss_loaded = _rss_now()
+
+    def run(batch: list[dict]):
+        if args.child == "prompt":
+            return _prompt_pass(system, batch, args.batch_size)
+        return predict(system, batch, scoring=args.child, batch_size=args.batch_size, progress=False)
+
+    run(records[: args.batch_size])  # warm-up: first-call allocation, lazy initialisation
+    start = time.perf_counter()
+    predictions = run(records)
+    elapsed = time.perf_counter() - start
+    peak, measure = _peak_memory()
+    result = {
+        "mode": args.child,
+        "n": len(records),
+        "seconds": elapsed,
+        "reviews_per_s": len(records) / elapsed,
+        "peak_memory_bytes": peak,
+        "memory_measure": measure,
+        "rss_after_load_bytes": rss_loaded,
+        "load_s": load_s,
+        "threads": torch.get_num_threads(),
+        "weights": getattr(system, "weights", None),
+        "predictions": predictions if args.child != "prompt" else None,
+    }
+    Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+
+
+def _select(records_path: str, n: int, seed: int) -> list[dict]:
+    import numpy as np
+
+    from reviewtune.records import read_records
+
+    records = [r for r in read_records(records_path) if isinstance(r.get("text"), str) and r["text"].strip()]
+    if n and n < len(records):
+        idx = np.sort(np.random.default_rng(seed).choice(len(records), size=n, replace=False))
+        records = [records[i] for i in idx]
+    return records
+
+
+def _quality(task, records: list[dict], predictions: list[dict] | None) -> dict:
+    if not predictions:
+        return {}
+    from reviewtune.metrics import task_metrics
+
+    try:
+        m = task_metrics(task, records, predictions, n_resamples=0)
+    except Exception as e:  # records without gold labels: invalid rate only
+        invalid = sum(p["invalid"] for p in predictions) / len(predictions)
+        return {"invalid_rate": invalid, "quality": {"error": f"{type(e).__name__}: {e}"}}
+    return {"invalid_rate": m["invalid_rate"], "quality": {m["primary_metric"]: m.get(m["primary_metric"])}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="generative run directory (recipes/sft_qlora.py)")
+    parser.add_argument("--records", required=True, help="records.jsonl whose reviews are scored")
+    parser.add_argument("--n", type=int, default=2000, help="seeded subsample of this many reviews (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per mode (interleaved); medians reported")
+    parser.add_argument("--code", default=None, help="directory holding the reviewtune package to measure")
+    parser.add_argument("--out", default=None, help="results JSON")
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--subset", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return {}
+
+    from reviewtune.records import write_records
+    from reviewtune.tasks import TaskSpec
+
+    task = TaskSpec.load(args.run)
+    modes = [m for m in args.modes.split(",") if m]
+    bad = set(modes) - set(MODES)
+    if bad:
+        raise SystemExit(f"unknown mode(s) {sorted(bad)}; choose from {', '.join(MODES)}")
+    if task.name not in ("sentiment", "sentiment5") and "loglik" in modes:
+        modes.remove("loglik")
+        print(f"loglik skipped: task {task.name} has no closed label set")
+    records = _select(args.records, args.n, args.seed)
+    env = {**os.environ, "LABEL_SCORING_CODE": str(Path(args.code).resolve()) if args.code else str(ROOT)}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = Path(tmp) / "records.jsonl"
+        write_records(subset, records)
+        for rep in range(args.repeats):
+            for mode in modes:
+                result_file = Path(tmp) / f"{mode}-{rep}.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--run", args.run, "--records", args.records,
+                       "--batch_size", str(args.batch_size), "--child", mode, "--subset", str(subset),
+                       "--result", str(result_file)]  # fmt: skip
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+                result = json.loads(result_file.read_text(encoding="utf-8"))
+                print(f"  [{rep + 1}/{args.repeats}] {mode}: {result['reviews_per_s']:.1f} reviews/s, "
+                      f"peak {result['peak_memory_bytes'] / 2**20:.0f} MiB", flush=True)  # fmt: skip
+                runs[mode].append(result)
+    summary = {}
+    for mode, results in runs.items():
+        summary[mode] = {
+            "reviews_per_s": statistics.median(r["reviews_per_s"] for r in results),
+            "seconds": statistics.median(r["seconds"] for r in results),
+            "peak_memory_bytes": int(statistics.median(r["peak_memory_bytes"] for r in results)),
+            "rss_after_load_bytes": int(statistics.median(r["rss_after_load_bytes"] for r in results)),
+            "memory_measure": results[0]["memory_measure"],
+            "threads": results[0]["threads"],
+            "weights": results[0]["weights"],
+            "all_reviews_per_s": [round(r["reviews_per_s"], 2) for r in results],
+            **_quality(task, records, results[-1]["predictions"]),
+        }
+    ratios = {}
+    s = summary
+    if "loglik" in s and "generate" in s:
+        ratios["loglik/generate throughput"] = s["loglik"]["reviews_per_s"] / s["generate"]["reviews_per_s"]
+        ratios["loglik/generate peak memory"] = s["loglik"]["peak_memory_bytes"] / s["generate"]["peak_memory_bytes"]
+    if "loglik" in s and "prompt" in s:
+        ratios["loglik/prompt time"] = s["loglik"]["seconds"] / s["prompt"]["seconds"]
+    if "constrained" in s and "generate" in s:
+        ratios["constrained/generate throughput"] = s["constrained"]["reviews_per_s"] / s["generate"]["reviews_per_s"]
+        ratios["constrained/generate peak memory"] = (
+            s["constrained"]["peak_memory_bytes"] / s["generate"]["peak_memory_bytes"]
+        )
+    print(f"\n{args.run}: task {task.name}, {len(records)} reviews from {args.records}, batch {args.batch_size}, "
+          f"{next(iter(s.values()))['threads']} thread(s), code {env['LABEL_SCORING_CODE']}, "
+          f"median of {args.repeats} process(es) per mode")  # fmt: skip
+    print(f"{'mode':<12} {'reviews/s':>10} {'seconds':>8} {'peak MiB':>9} {'invalid':>8}  quality")
+    for mode, r in s.items():
+        quality = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.get("quality", {}).items()}
+        invalid = f"{100 * r['invalid_rate']:.1f}%" if "invalid_rate" in r else "-"
+        print(f"{mode:<12} {r['reviews_per_s']:>10.1f} {r['seconds']:>8.1f} {r['peak_memory_bytes'] / 2**20:>9.0f} "
+              f"{invalid:>8}  {quality or ''}")  # fmt: skip
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+    report = {"run": args.run, "records": args.records, "n": len(records), "task": task.name,
+              "batch_size": args.batch_size, "code": env["LABEL_SCORING_CODE"], "repeats": args.repeats,
+              "modes": summary, "ratios": ratios}  # fmt: skip
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    main()
