@@ -152,8 +152,10 @@ class _LabelTree:
         return sorted({p for p in self.parents if p >= 0})
 
 
-def _label_tree(prompt_ids: list[int], fulls: list[list[int]], end: list[int], completions: Sequence[str],
-                i: int) -> _LabelTree:  # fmt: skip
+def _label_tree(
+    prompt_ids: list[int], fulls: list[list[int]], end: list[int], completions: Sequence[str], i: int
+) -> _LabelTree:
+    """Prompt ``i``'s tree from its ids and each prompt+completion's ids (``fulls``), ``end`` after each."""
     starts = []
     for j, full in enumerate(fulls):
         start = _common_prefix_length(prompt_ids, full)
@@ -214,8 +216,8 @@ def label_loglik(
     model.eval()
     end = answer_end_ids(tokenizer) if end_ids is None else [int(t) for t in end_ids]
     pad_id = _pad_id(tokenizer)
-    score_batch = _tree_scores if getattr(model.config, "_attn_implementation", "eager") in TREE_ATTENTION else (
-        _pair_scores)  # fmt: skip
+    tree_attention = getattr(model.config, "_attn_implementation", "eager") in TREE_ATTENTION
+    score_batch = _tree_scores if tree_attention else _pair_scores
     prompt_ids = tokenizer(list(prompts))["input_ids"]
     order = sorted(range(n_p), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
     bar = tqdm(total=n_p, desc="Scoring labels", unit="review", disable=not progress)
