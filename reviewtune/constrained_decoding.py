@@ -268,7 +268,7 @@ def token_bytes(tokenizer) -> list[bytes | None]:
     size = max(len(tokenizer), max(vocab.values()) + 1)
     out: list[bytes | None] = [None] * size
     special = set(tokenizer.all_special_ids)
-    added = {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = (json.loads(backend.to_str()).get("decoder") or {}) if backend is not None else {}
     types = {decoder.get("type"), *(d.get("type") for d in decoder.get("decoders") or [])}

@@ -265,3 +265,28 @@ def test_a_multi_token_end_sequence(causal, monkeypatch):
         k = row.index(end[0])
         assert row[k : k + 2] == list(end)
     assert out.shape[1] - width < 16  # every row finished: generation stopped before the budget
+
+
+def test_token_bytes_of_a_sentencepiece_style_vocabulary():
+    """``▁`` for a space and ``<0xAB>`` byte-fallback tokens (Llama 2, Gemma): the bytes, not the spelling."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁긍정", "▁부", "정", "▁", *[f"<0x{b:02X}>" for b in range(256)]]
+    backend = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>",
+                                   byte_fallback=True))  # fmt: skip
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    table = token_bytes(tokenizer)
+    assert table[3] == " 긍정".encode() and table[6] == b" " and table[7 + 0xEC] == b"\xec"
+    assert table[0] is table[1] is table[2] is None
+    language = ChoiceLanguage((" 긍정", " 부정", " 중립"))
+    constraint = TokenConstraint(tokenizer, language)
+    start = constraint.transitions(language.start)
+    assert {3, 4, 6} <= set(start) and 7 + ord(" ") in start  # whole pieces, "▁" and the raw space byte
+    # " 중립" has no piece of its own: reachable byte by byte through the fallback tokens.
+    state = language.step(language.start, ord(" "))
+    assert 7 + " 중립".encode()[1] in constraint.transitions(state)
