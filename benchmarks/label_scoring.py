@@ -14,9 +14,11 @@ harness does (``reviewtune.scoring.load_system``), predicts one untimed warm-up 
 
 Prints reviews/s, peak RSS (CPU; CUDA peak allocated on a GPU) and invalid rates per mode, and the ratios
 ``loglik / generate`` (throughput), ``loglik / prompt`` (time), ``constrained / generate`` (throughput) and
-``loglik / generate`` (peak memory). ``--code DIR`` runs the children on another checkout's ``reviewtune``
-(e.g. ``git archive <commit> reviewtune | tar -x -C DIR``) to measure "before" on the same reviews;
-``--repeats`` runs each mode that many times, interleaved, and reports medians. Writes ``--out`` (JSON).
+``loglik / generate`` (peak memory). On a shared machine the load moves between processes, so the modes are
+also timed in one process, taking turns chunk by chunk (``--chunk``), and the time ratios printed from that.
+``--code DIR`` runs the children on another checkout's ``reviewtune`` (e.g. ``git archive <commit> reviewtune
+| tar -x -C DIR``) to measure "before" on the same reviews; ``--repeats`` runs each mode that many times,
+interleaved, and reports medians. Writes ``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from reviewtune.records import read_records
-    from reviewtune.scoring import load_system, predict
+    from reviewtune.scoring import load_system
 
     torch.manual_seed(0)
     records = read_records(args.subset)  # the parent's selection only: nothing else held in memory
@@ -108,10 +110,10 @@ def child(args: argparse.Namespace) -> None:
     rss_loaded = _rss_now()
 
     def run(batch: list[dict]):
-        if args.child == "prompt":
-            return _prompt_pass(system, batch, args.batch_size)
-        return predict(system, batch, scoring=args.child, batch_size=args.batch_size, progress=False)
+        return _run_mode(system, args.child, batch, args.batch_size)
 
+    if args.child == "interleaved":
+        return _interleaved(args, system, records)
     run(records[: args.batch_size])  # warm-up: first-call allocation, lazy initialisation
     start = time.perf_counter()
     predictions = run(records)
@@ -131,6 +133,43 @@ def child(args: argparse.Namespace) -> None:
         "predictions": predictions if args.child != "prompt" else None,
     }
     Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+
+
+def _run_mode(system, mode: str, records: list[dict], batch_size: int):
+    from reviewtune.scoring import predict
+
+    if mode == "prompt":
+        return _prompt_pass(system, records, batch_size)
+    return predict(system, records, scoring=mode, batch_size=batch_size, progress=False)
+
+
+def _interleaved(args: argparse.Namespace, system, records: list[dict]) -> None:
+    """Every mode in this one process, chunk by chunk (``--chunk`` reviews), the order rotating per chunk:
+    each mode sees the same background load, so the time ratios hold on a shared machine."""
+    modes = args.modes.split(",")
+    for mode in modes:  # warm-up
+        _run_mode(system, mode, records[: args.batch_size], args.batch_size)
+    seconds = dict.fromkeys(modes, 0.0)
+    for k, start in enumerate(range(0, len(records), args.chunk)):
+        chunk = records[start : start + args.chunk]
+        for mode in modes[k % len(modes) :] + modes[: k % len(modes)]:
+            t0 = time.perf_counter()
+            _run_mode(system, mode, chunk, args.batch_size)
+            seconds[mode] += time.perf_counter() - t0
+    result = {"mode": "interleaved", "n": len(records), "chunk": args.chunk, "seconds": seconds,
+              "reviews_per_s": {m: len(records) / t for m, t in seconds.items()}}  # fmt: skip
+    Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+
+
+def _ratios(throughput: dict[str, float]) -> dict[str, float]:
+    out = {}
+    if "loglik" in throughput and "generate" in throughput:
+        out["loglik/generate throughput"] = throughput["loglik"] / throughput["generate"]
+    if "loglik" in throughput and "prompt" in throughput:
+        out["loglik/prompt time"] = throughput["prompt"] / throughput["loglik"]
+    if "constrained" in throughput and "generate" in throughput:
+        out["constrained/generate throughput"] = throughput["constrained"] / throughput["generate"]
+    return out
 
 
 def _select(records_path: str, n: int, seed: int) -> list[dict]:
@@ -169,7 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="processes per mode (interleaved); medians reported")
     parser.add_argument("--code", default=None, help="directory holding the reviewtune package to measure")
     parser.add_argument("--out", default=None, help="results JSON")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--interleaved",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time all modes in one process, chunk by chunk (ratios under the same load)",
+    )
+    parser.add_argument("--chunk", type=int, default=128, help="reviews per mode per turn when interleaved")
+    parser.add_argument("--child", choices=(*MODES, "interleaved"), help=argparse.SUPPRESS)
     parser.add_argument("--subset", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -221,21 +267,27 @@ def main(argv: list[str] | None = None) -> dict:
             "all_reviews_per_s": [round(r["reviews_per_s"], 2) for r in results],
             **_quality(task, records, results[-1]["predictions"]),
         }
-    ratios = {}
     s = summary
-    if "loglik" in s and "generate" in s:
-        ratios["loglik/generate throughput"] = s["loglik"]["reviews_per_s"] / s["generate"]["reviews_per_s"]
-        ratios["loglik/generate peak memory"] = s["loglik"]["peak_memory_bytes"] / s["generate"]["peak_memory_bytes"]
-    if "loglik" in s and "prompt" in s:
-        ratios["loglik/prompt time"] = s["loglik"]["seconds"] / s["prompt"]["seconds"]
-    if "constrained" in s and "generate" in s:
-        ratios["constrained/generate throughput"] = s["constrained"]["reviews_per_s"] / s["generate"]["reviews_per_s"]
-        ratios["constrained/generate peak memory"] = (
-            s["constrained"]["peak_memory_bytes"] / s["generate"]["peak_memory_bytes"]
-        )
+    ratios = _ratios({m: r["reviews_per_s"] for m, r in s.items()})
+    for mode in ("loglik", "constrained"):
+        if mode in s and "generate" in s:
+            ratios[f"{mode}/generate peak memory"] = s[mode]["peak_memory_bytes"] / s["generate"]["peak_memory_bytes"]
+    interleaved = None
+    if args.interleaved and len(modes) > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            subset, result_file = Path(tmp) / "records.jsonl", Path(tmp) / "interleaved.json"
+            write_records(subset, records)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--run", args.run, "--records", args.records,
+                   "--batch_size", str(args.batch_size), "--child", "interleaved", "--modes", ",".join(modes),
+                   "--chunk", str(args.chunk), "--subset", str(subset), "--result", str(result_file)]  # fmt: skip
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"interleaved run failed:\n{proc.stderr[-3000:]}")
+            interleaved = json.loads(result_file.read_text(encoding="utf-8"))
+        interleaved["ratios"] = _ratios(interleaved["reviews_per_s"])
     print(f"\n{args.run}: task {task.name}, {len(records)} reviews from {args.records}, batch {args.batch_size}, "
-          f"{next(iter(s.values()))['threads']} thread(s), code {env['LABEL_SCORING_CODE']}, "
-          f"median of {args.repeats} process(es) per mode")  # fmt: skip
+          f"{next(iter(s.values()))['threads']} thread(s), code {env['LABEL_SCORING_CODE']}")  # fmt: skip
+    print(f"Each mode in its own process (median of {args.repeats}):")
     print(f"{'mode':<12} {'reviews/s':>10} {'seconds':>8} {'peak MiB':>9} {'invalid':>8}  quality")
     for mode, r in s.items():
         quality = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.get("quality", {}).items()}
@@ -243,10 +295,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{mode:<12} {r['reviews_per_s']:>10.1f} {r['seconds']:>8.1f} {r['peak_memory_bytes'] / 2**20:>9.0f} "
               f"{invalid:>8}  {quality or ''}")  # fmt: skip
     for name, value in ratios.items():
-        print(f"{name}: {value:.2f}")
+        print(f"  {name}: {value:.2f}")
+    if interleaved:
+        print(f"All modes in one process, {args.chunk} reviews per mode per turn (the same background load):")
+        print("  " + ", ".join(f"{m} {v:.1f} reviews/s" for m, v in interleaved["reviews_per_s"].items()))
+        for name, value in interleaved["ratios"].items():
+            print(f"  {name}: {value:.2f}")
     report = {"run": args.run, "records": args.records, "n": len(records), "task": task.name,
               "batch_size": args.batch_size, "code": env["LABEL_SCORING_CODE"], "repeats": args.repeats,
-              "modes": summary, "ratios": ratios}  # fmt: skip
+              "modes": summary, "ratios": ratios, "interleaved": interleaved}  # fmt: skip
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")

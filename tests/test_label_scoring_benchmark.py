@@ -22,7 +22,8 @@ def test_label_scoring_benchmark_measures_each_mode(tiny_causal_dir, tmp_path, c
     spec.loader.exec_module(bench)
     out = tmp_path / "results.json"
     report = bench.main(["--run", str(run), "--records", str(tmp_path / "records.jsonl"), "--n", "10",
-                         "--batch_size", "4", "--modes", "loglik,constrained,prompt", "--out", str(out)])  # fmt: skip
+                         "--batch_size", "4", "--modes", "loglik,constrained,prompt", "--chunk", "4",
+                         "--out", str(out)])  # fmt: skip
     assert out.is_file() and report["n"] == 10 and report["task"] == "sentiment5"
     modes = report["modes"]
     assert set(modes) == {"loglik", "constrained", "prompt"}
@@ -31,5 +32,9 @@ def test_label_scoring_benchmark_measures_each_mode(tiny_causal_dir, tmp_path, c
     assert modes["loglik"]["invalid_rate"] == modes["constrained"]["invalid_rate"] == 0.0
     assert "accuracy" in modes["loglik"]["quality"]
     assert report["ratios"]["loglik/prompt time"] > 0
+    # The same modes timed in one process, taking turns chunk by chunk.
+    interleaved = report["interleaved"]
+    assert set(interleaved["seconds"]) == {"loglik", "constrained", "prompt"} and interleaved["n"] == 10
+    assert all(v > 0 for v in interleaved["reviews_per_s"].values()) and "loglik/prompt time" in interleaved["ratios"]
     printed = capsys.readouterr().out
     assert "loglik/prompt time" in printed and "reviews/s" in printed  # the table and the ratios
