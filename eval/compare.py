@@ -9,8 +9,9 @@ Any runs, any records file (YAML keys and command-line flags are the fields of `
     python eval/compare.py --config eval/configs/compare_nsmc_sentiment.yaml \\
         --generative_runs runs/sft_nsmc --classifier_runs runs/roberta_nsmc --max_test_samples 2000
 
-Systems: each generative run once per scoring mode in ``generative_scoring`` (``loglik`` only for the
-closed label sets ``sentiment``/``sentiment5``), each classifier run (one model or the two-model aspect
+Systems: each generative run once per scoring mode in ``generative_scoring`` (``generate``, ``loglik`` only for
+the closed label sets ``sentiment``/``sentiment5``, ``constrained``: greedy decoding restricted to the task's
+answer language), each classifier run (one model or the two-model aspect
 system), and the built-in baselines fitted on ``train_file``. Every system sees the same examples in the
 same order and is scored in its own process (cost measured there). Writes ``report.json``, ``report.md``,
 ``report.html`` and ``predictions/<system>.jsonl`` into ``out_dir`` and prints the report's path.
@@ -68,7 +69,10 @@ class CompareArguments:
     )
     generative_scoring: list[str] = field(
         default_factory=lambda: ["generate", "loglik"],
-        metadata={"help": "Scoring modes for each generative run (loglik is skipped where the task has no label set)."},
+        metadata={
+            "help": "Scoring modes for each generative run: generate, loglik (skipped where the task has no label "
+            "set), constrained."
+        },
     )
     merged: bool = field(default=False, metadata={"help": "Score generative runs' merged/ model, not base + adapter."})
     classifier_runs: list[str] = field(
@@ -91,9 +95,9 @@ class CompareArguments:
     out_dir: str = field(default="outputs/compare", metadata={"help": "Where the report is written."})
 
     def __post_init__(self) -> None:
-        bad = set(self.generative_scoring) - {"generate", "loglik"}
+        bad = set(self.generative_scoring) - {"generate", "loglik", "constrained"}
         if bad:
-            raise ValueError(f"generative_scoring: unknown mode(s) {sorted(bad)}; use generate and/or loglik")
+            raise ValueError(f"generative_scoring: unknown mode(s) {sorted(bad)}; use generate, loglik, constrained")
         self.baselines = [b for b in self.baselines if b != "none"]
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")

@@ -2,6 +2,7 @@
 
     python eval/predict.py --run runs/sft_qlora_default --input test.jsonl --out predictions.jsonl
     python eval/predict.py --run runs/sft_nsmc --input test.jsonl --out loglik.jsonl --scoring loglik
+    python eval/predict.py --run runs/sft_qlora_default --input test.jsonl --out c.jsonl --scoring constrained
 
 Each line: ``{"id", "label", "probs", "aspects", "score", "invalid", "invalid_reason", "raw"}`` (the
 harness's format; ``eval/compare.py`` uses the same code). Only ``id`` and ``text`` are needed per record:
@@ -34,7 +35,9 @@ class PredictArguments:
     out: str = field(metadata={"help": "predictions.jsonl to write (atomically)."})
     scoring: str | None = field(
         default=None,
-        metadata={"help": "generate or loglik for generative runs (default generate); classifiers ignore it."},
+        metadata={
+            "help": "generate, loglik or constrained for generative runs (default generate); classifiers ignore it."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Reviews per batch."})
     merged: bool = field(default=False, metadata={"help": "Generative runs: use merged/ instead of base + adapter."})
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records, report = load_task_records(args.input, None, encoding=args.encoding)
     system = load_system(args.run, merged=args.merged)
     scoring = args.scoring
-    if system.kind == "classifier" and scoring in ("generate", "loglik"):
+    if system.kind == "classifier" and scoring in ("generate", "loglik", "constrained"):
         logger.warning("%s is a classifier: scoring %r ignored", args.run, scoring)
         scoring = None
     predictions = predict(system, records, scoring=scoring, batch_size=args.batch_size, progress=True)

@@ -81,7 +81,7 @@ def test_compare_end_to_end(tiny_runs, tmp_path):
                 f"train_file: {tmp_path / 'train.jsonl'}",
                 "task: sentiment",
                 f"generative_runs: [{tiny_runs['gen']}]",
-                "generative_scoring: [generate, loglik]",
+                "generative_scoring: [generate, loglik, constrained]",
                 f"classifier_runs: [{tiny_runs['clf']}]",
                 "baselines: [majority, tfidf_lr]",
                 "batch_size: 4",
@@ -100,13 +100,14 @@ def test_compare_end_to_end(tiny_runs, tmp_path):
     assert md == out / "report.md" and md.is_file() and (out / "report.html").is_file()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
 
-    names = ["sft_tiny/generate", "sft_tiny/loglik", "roberta_tiny", "baseline/majority", "baseline/tfidf_lr"]
+    names = ["sft_tiny/generate", "sft_tiny/loglik", "sft_tiny/constrained", "roberta_tiny", "baseline/majority",
+             "baseline/tfidf_lr"]  # fmt: skip
     assert [s["name"] for s in report["systems"]] == names
-    assert [s["kind"] for s in report["systems"]] == ["generative", "generative", "classifier", "baseline", "baseline"]
-    assert [s["scoring"] for s in report["systems"]][:3] == ["generate", "loglik", "classifier"]
+    assert [s["kind"] for s in report["systems"]] == ["generative"] * 3 + ["classifier", "baseline", "baseline"]
+    assert [s["scoring"] for s in report["systems"]][:4] == ["generate", "loglik", "constrained", "classifier"]
     assert report["subsample"] == {"n": 4, "seed": 0, "total": 6} and report["n_examples"] == 4
     assert report["test_records_dropped"] == {"empty_text": 1, "missing_label": 1}
-    assert len(report["pairwise"]) == 10
+    assert len(report["pairwise"]) == 15
 
     # Identical examples in identical order for every system.
     ids = None
@@ -121,6 +122,7 @@ def test_compare_end_to_end(tiny_runs, tmp_path):
         assert c["latency_p50_ms"] <= c["latency_p95_ms"]
     by_name = {s["name"]: s for s in report["systems"]}
     assert by_name["sft_tiny/loglik"]["metrics"]["invalid_rate"] == 0.0
+    assert by_name["sft_tiny/constrained"]["metrics"]["invalid_rate"] == 0.0  # valid by construction
     assert "ece" in by_name["sft_tiny/loglik"]["metrics"] and "ece" in by_name["roberta_tiny"]["metrics"]
     gen_cost = by_name["sft_tiny/generate"]["cost"]
     assert gen_cost["train_runtime_s"] == 1.5 and gen_cost["trainable_params"] == 1000

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reviewtune.evaluation import generation
 from reviewtune.evaluation.generation import generate_answers, label_loglik, loglik_probs
 
 PROMPTS = [
@@ -84,10 +85,11 @@ def test_generation_stops_at_end_of_sequence(causal):
 def test_label_loglik_matches_a_direct_computation_and_batching(causal):
     model, tokenizer = causal
     completions = [" 부정", " 긍정", " 매우긍정"]
-    scores = label_loglik(model, tokenizer, PROMPTS, completions, batch_size=7, progress=False)
+    # Without end tokens: the completion's own tokens only.
+    scores = label_loglik(model, tokenizer, PROMPTS, completions, end_ids=(), batch_size=7, progress=False)
     assert scores.shape == (len(PROMPTS), len(completions))
     assert np.all(scores < 0)
-    one = label_loglik(model, tokenizer, PROMPTS, completions, batch_size=1, progress=False)
+    one = label_loglik(model, tokenizer, PROMPTS, completions, end_ids=(), batch_size=1, progress=False)
     np.testing.assert_allclose(scores, one, atol=1e-4)
     # Direct: log p(prompt + completion) - log p(prompt) over the same token ids.
     for i, prompt in enumerate(PROMPTS):
@@ -116,3 +118,122 @@ def test_empty_inputs(causal):
     model, tokenizer = causal
     assert generate_answers(model, tokenizer, [], progress=False) == []
     assert label_loglik(model, tokenizer, [], [" 긍정"], progress=False).shape == (0, 1)
+
+
+# ------------------------------------------------------------------- label log-likelihood: prompt read once
+
+
+def _reference_loglik(model, tokenizer, prompt: str, completion: str, end_ids: list[int]) -> float:
+    """The pre-issue-17 rule, one full unpadded sequence per pair, plus the end tokens: the completion's tokens
+    from where prompt and prompt+completion ids diverge, then ``end_ids``, each given everything before it."""
+    p_ids = tokenizer(prompt)["input_ids"]
+    full = tokenizer(prompt + completion)["input_ids"]
+    start = max(1, next((k for k, (a, b) in enumerate(zip(p_ids, full, strict=False)) if a != b), len(p_ids)))
+    seq = full + list(end_ids)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+    return sum(float(lp[t - 1, seq[t]]) for t in range(start, len(seq)))
+
+
+# A prompt whose last token merges with a completion's first ("가격이 좋" + "아요" -> "좋아요"), multi-token
+# labels, and a label that is a token-level prefix of another (" 긍정" / " 긍정아님").
+MERGE_PROMPTS = [*PROMPTS, "가격이 좋", "배송"]
+LABELS = [" 부정", " 긍정", " 매우긍정", " 긍정아님", "아요", "이 빨라요"]
+
+
+def _token_facts(tokenizer):
+    ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"] for c in LABELS}
+    merges = []
+    for p in MERGE_PROMPTS:
+        p_ids = tokenizer(p)["input_ids"]
+        merges += [(p, c) for c in LABELS if tokenizer(p + c)["input_ids"][: len(p_ids)] != p_ids]
+    return ids, merges
+
+
+def test_label_loglik_equals_the_pairwise_rule_plus_the_end_token(causal):
+    model, tokenizer = causal
+    ids, merges = _token_facts(tokenizer)
+    assert merges, "the test needs a prompt whose last token merges with a completion"
+    assert any(len(v) >= 3 for v in ids.values()), "the test needs multi-token labels"
+    assert ids[" 긍정아님"][: len(ids[" 긍정"])] == ids[" 긍정"], "the test needs a label that prefixes another"
+    eos = tokenizer.eos_token_id
+    for end in ([eos], [], [tokenizer.convert_tokens_to_ids("<unk>"), eos]):
+        scores = label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, end_ids=end, batch_size=3, progress=False)
+        ref = [[_reference_loglik(model, tokenizer, p, c, end) for c in LABELS] for p in MERGE_PROMPTS]
+        np.testing.assert_allclose(scores, ref, atol=1e-4)
+    # Default end token: the tokenizer's end-of-sequence token, what training appends to every answer.
+    default = label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=4, progress=False)
+    np.testing.assert_allclose(default, label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, end_ids=[eos],
+                                                     batch_size=4, progress=False), atol=1e-6)  # fmt: skip
+
+
+def test_padded_batches_equal_one_at_a_time_and_both_attention_paths(causal, monkeypatch):
+    model, tokenizer = causal
+    single = np.concatenate(
+        [label_loglik(model, tokenizer, [p], LABELS, batch_size=1, progress=False) for p in MERGE_PROMPTS]
+    )
+    for batch_size in (2, 5, 16):  # prompts of very different lengths share a left-padded batch
+        batched = label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=batch_size, progress=False)
+        np.testing.assert_allclose(batched, single, atol=1e-5)
+    old = model.config._attn_implementation
+    try:
+        model.config._attn_implementation = "eager"  # the 4D mask as an additive float mask
+        np.testing.assert_allclose(
+            label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=4, progress=False), single, atol=1e-5
+        )
+    finally:
+        model.config._attn_implementation = old
+    # Attention without custom 4D masks (flash attention): one right-padded sequence per pair, same scores.
+    monkeypatch.setattr(generation, "TREE_ATTENTION", ())
+    np.testing.assert_allclose(
+        label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=5, progress=False), single, atol=1e-5
+    )
+
+
+def test_each_prompt_is_read_once_and_only_scored_positions_are_projected(causal):
+    model, tokenizer = causal
+    calls, projected = [], []
+    hooks = [
+        model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                        with_kwargs=True),
+        model.lm_head.register_forward_hook(lambda m, args, out: projected.append(args[0].shape[:-1].numel())),
+    ]  # fmt: skip
+    labels = [" 부정", " 긍정", " 매우긍정", " 매우부정"]
+    try:
+        label_loglik(model, tokenizer, PROMPTS, labels, batch_size=4, progress=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 2  # 5 prompts, batches of 4: two forward passes, no per-label sequences
+    longest_prompt = max(len(tokenizer(p)["input_ids"]) for p in PROMPTS)  # alone in the second batch
+    label_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in labels]
+    # The tree reads each distinct label prefix once (" 매우" is shared), never the end token.
+    read = len({tuple(ids[:k]) for ids in label_ids for k in range(1, len(ids) + 1)})
+    assert calls[1] == (1, longest_prompt + read)
+    assert read < sum(map(len, label_ids))
+    # Projected: the last prompt position and every read label token; nothing else of the prompt.
+    assert projected[1] == 1 + read
+
+
+def test_a_label_that_prefixes_another_can_lose(tiny_causal_dir):
+    """Trained to answer " 긍정아님" (then the end token), the model ranks it first only with the end token
+    scored; without it, the label's prefix " 긍정" wins every prompt, whatever the model learnt."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    prompts = [f"###입력: {t}\n###출력:" for t in ("배송이 빨라요", "디자인이 예뻐요", "품질", "색상이 별로예요")]
+    batch = [tokenizer(p + " 긍정아님")["input_ids"] + [tokenizer.eos_token_id] for p in prompts[:2]]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(30):
+        for ids in batch:
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval()
+    labels = [" 긍정", " 긍정아님"]
+    with_end = label_loglik(model, tokenizer, prompts, labels, progress=False)
+    without = label_loglik(model, tokenizer, prompts, labels, end_ids=(), progress=False)
+    assert (without[:, 0] >= without[:, 1]).all()
+    assert (with_end.argmax(1) == 1).all()

@@ -22,7 +22,7 @@ from reviewtune.evaluation.metrics import task_metrics
 from reviewtune.evaluation.predict import predict
 from reviewtune.evaluation.prediction_schema import PREDICTION_KEYS
 from reviewtune.evaluation.systems import load_system
-from reviewtune.prompts import build_prompt, fit_prompt, keyword_input
+from reviewtune.prompts import build_prompt, fit_prompt, keyword_input, parse_answer
 from reviewtune.records import make_record, write_records
 from reviewtune.tasks import get_task
 
@@ -153,7 +153,7 @@ def test_generative_run_both_scoring_modes(gen_run):
     import bitsandbytes as bnb
 
     system = load_system(gen_run)
-    assert system.kind == "generative" and system.scoring_modes == ("generate", "loglik")
+    assert system.kind == "generative" and system.scoring_modes == ("generate", "loglik", "constrained")
     assert any("lora_A" in n for n, _ in system.model.named_parameters())
     # Loaded as trained: NF4 4-bit base layers under the LoRA adapter; on the CPU de-quantised once by
     # default, which must give the very same function as bitsandbytes' 4-bit layers.
@@ -220,11 +220,37 @@ def test_malformed_generations_are_invalid_not_errors(gen_run, monkeypatch):
 
 def test_aspect_generative_run_has_no_loglik(tiny_causal_dir, tmp_path):
     system = load_system(make_generative_run(tmp_path / "run", tiny_causal_dir, "aspects"))
-    assert system.scoring_modes == ("generate",)
+    assert system.scoring_modes == ("generate", "constrained")
     with pytest.raises(ValueError, match="loglik"):
         predict(system, test_records("aspects"), scoring="loglik", progress=False)
     preds = predict(system, test_records("aspects")[:2], progress=False)
     assert all(p["invalid"] or isinstance(p["aspects"], list) for p in preds)
+
+
+@pytest.mark.parametrize("task_name", ["sentiment", "sentiment5", "aspects", "regression"])
+def test_constrained_scoring_is_valid_on_every_task(tiny_causal_dir, tmp_path, task_name):
+    """An NF4 + LoRA run scored ``constrained``: every answer parses, on the CPU's de-quantised weights and
+    on bitsandbytes' 4-bit layers alike (loaded by the suite's loader, never packed)."""
+    import bitsandbytes as bnb
+
+    run = make_generative_run(tmp_path / "run", tiny_causal_dir, task_name)
+    records = test_records("aspects" if task_name == "aspects" else "sentiment")
+    system = load_system(run)
+    assert "constrained" in system.scoring_modes
+    preds = predict(system, records, scoring="constrained", batch_size=4, progress=False)
+    _check_format(preds, records)
+    assert not any(p["invalid"] for p in preds)
+    for p in preds:
+        parsed = parse_answer(p["raw"], system.task)
+        assert parsed.valid and (p["label"], p["aspects"], p["score"]) == (parsed.label, parsed.aspects, parsed.score)
+    if task_name in ("sentiment", "aspects"):
+        four_bit = load_system(run, dequantize_nf4=False)
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in four_bit.model.modules())
+        assert predict(four_bit, records, scoring="constrained", batch_size=4, progress=False) == preds
+    if task_name == "sentiment":  # loglik on 4-bit layers and LoRA: the same scores as de-quantised
+        four_bit_probs = [p["probs"] for p in predict(four_bit, records, scoring="loglik", progress=False)]
+        probs = [p["probs"] for p in predict(system, records, scoring="loglik", progress=False)]
+        np.testing.assert_allclose(four_bit_probs, probs, atol=1e-4)
 
 
 def test_long_reviews_are_cut_to_the_trained_length(gen_run):
@@ -305,3 +331,17 @@ def test_predict_cli_writes_the_same_predictions(gen_run, tmp_path):
     direct = predict(load_system(gen_run), records, scoring="loglik", progress=False)
     assert [p["id"] for p in written] == [r["id"] for r in records]
     np.testing.assert_allclose([p["probs"] for p in written], [p["probs"] for p in direct], atol=1e-5)
+
+
+def test_predict_cli_accepts_constrained_scoring(gen_run, tmp_path):
+    records = test_records()
+    write_records(tmp_path / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in records])
+    out = tmp_path / "preds.jsonl"
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "eval" / "predict.py"), "--run", str(gen_run), "--input",
+           str(tmp_path / "in.jsonl"), "--out", str(out), "--scoring", "constrained"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "6 predictions written" in proc.stdout and "invalid: 0 {}" in proc.stdout
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert written == predict(load_system(gen_run), records, scoring="constrained", progress=False)

@@ -43,7 +43,7 @@ class SystemSpec:
 
     name: str
     kind: str  # "generative" | "classifier" | "baseline"
-    scoring: str  # "generate" | "loglik" | "classifier" | the baseline's name
+    scoring: str  # "generate" | "loglik" | "constrained" | "classifier" | the baseline's name
     run_dir: str | None = None
     baseline: Any = None  # a fitted ``reviewtune.baselines.Baseline`` (pickled into the child process)
     merged: bool = False  # generative runs: score ``merged/`` instead of base + adapter

@@ -1,5 +1,7 @@
 """Loaded systems -> predictions, one per record, by scoring mode: ``generate`` (greedy decoding read by the
-task's answer parser), ``loglik`` (each label's log-likelihood after the prompt) and ``classifier``."""
+task's answer parser), ``loglik`` (each label's log-likelihood after the prompt, with the tokens training puts
+after the answer), ``constrained`` (greedy decoding restricted to the task's answer language: valid by
+construction) and ``classifier``."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import torch
 from scipy.special import expit, softmax
 from tqdm.auto import tqdm
 
+from reviewtune.evaluation.answer_languages import ANSWER_LEAD, task_language
+from reviewtune.evaluation.constrained_decoding import constrained_answers
 from reviewtune.evaluation.generation import generate_answers, label_loglik, loglik_probs
 from reviewtune.evaluation.prediction_schema import new_prediction
 from reviewtune.evaluation.systems import LOGLIK_TASKS, System, id2label
-from reviewtune.prompt_format import add_special_tokens, completion_text, model_input, stop_ids
+from reviewtune.prompt_format import CHAT, add_special_tokens, answer_end_ids, completion_text, model_input, stop_ids
 from reviewtune.prompts import fit_prompt, keyword_input, parse_answer
 from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, TaskSpec
 
@@ -42,14 +46,21 @@ def generation_prompts(system: System, reviews: list[str]) -> list[str]:
     return [fit_prompt(review, system.task, system.tokenizer, budget)[0] for review in reviews]
 
 
-def _predict_generate(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
+def _predict_generate(
+    system: System, records: list[dict], batch_size: int, progress: bool, constrained: bool = False
+) -> list[dict]:
     task, tok, fmt = system.task, system.tokenizer, system.task.prompt_format
-    budget = _prompt_budget(system, answer_token_budget(task, tok))
+    max_new = answer_token_budget(task, tok)
+    budget = _prompt_budget(system, max_new)
     fitted, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
     prompts = [model_input(p, tok, fmt) for p in fitted]
-    answers = generate_answers(system.model, tok, prompts, max_new_tokens=answer_token_budget(task, tok),
-                               batch_size=batch_size, progress=progress, add_special_tokens=add_special_tokens(fmt),
-                               eos_token_ids=stop_ids(tok, fmt, system.model))  # fmt: skip
+    common = dict(max_new_tokens=max_new, batch_size=batch_size, progress=progress,
+                  add_special_tokens=add_special_tokens(fmt))  # fmt: skip
+    if constrained:  # greedy within the task's answer language, closed by what training puts after an answer
+        language = task_language(task, lead="" if fmt == CHAT else ANSWER_LEAD)
+        answers = constrained_answers(system.model, tok, prompts, language, end_ids=answer_end_ids(tok, fmt), **common)
+    else:
+        answers = generate_answers(system.model, tok, prompts, eos_token_ids=stop_ids(tok, fmt, system.model), **common)
     out = []
     for r, answer, shortened in zip(records, answers, cut, strict=True):
         pred = new_prediction(r["id"], raw=answer, shortened=shortened)
@@ -68,12 +79,15 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
         raise ValueError(f"scoring 'loglik' needs a closed label set ({', '.join(LOGLIK_TASKS)}), not {task.name!r}")
     fmt = task.prompt_format
     completions = [completion_text(name, tok, fmt) for name in task.label_names]  # chat: with the end of turn
-    longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
+    # Each label is scored with what training puts after the answer: the end-of-sequence token (plain); a chat
+    # completion already ends with the template's end of turn.
+    end_ids = () if fmt == CHAT else answer_end_ids(tok, fmt)
+    longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions) + len(end_ids)
     budget = _prompt_budget(system, longest)
     fitted, cut = zip(*(fit_prompt(r["text"], task, tok, budget) for r in records), strict=True)
     prompts = [model_input(p, tok, fmt) for p in fitted]
-    scores = label_loglik(system.model, tok, prompts, completions, batch_size=batch_size, progress=progress,
-                          add_special_tokens=add_special_tokens(fmt))  # fmt: skip
+    scores = label_loglik(system.model, tok, prompts, completions, end_ids=end_ids, batch_size=batch_size,
+                          progress=progress, add_special_tokens=add_special_tokens(fmt))  # fmt: skip
     probs = loglik_probs(scores)
     return [
         new_prediction(r["id"], label=int(row.argmax()), probs=[float(p) for p in row], shortened=shortened)
@@ -158,8 +172,8 @@ def predict(
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[dict]:
-    """One prediction dict per record, in order. ``scoring``: ``generate``/``loglik`` (generative runs),
-    ``classifier`` (or ``None``: the system's first mode)."""
+    """One prediction dict per record, in order. ``scoring``: ``generate``/``loglik``/``constrained`` (generative
+    runs), ``classifier`` (or ``None``: the system's first mode)."""
     scoring = scoring or system.scoring_modes[0]
     if scoring not in system.scoring_modes:
         raise ValueError(
@@ -168,8 +182,8 @@ def predict(
         )
     if not records:
         return []
-    if scoring == "generate":
-        return _predict_generate(system, records, batch_size, progress)
+    if scoring in ("generate", "constrained"):
+        return _predict_generate(system, records, batch_size, progress, constrained=scoring == "constrained")
     if scoring == "loglik":
         return _predict_loglik(system, records, batch_size, progress)
     return _predict_classifier(system, records, batch_size, progress)

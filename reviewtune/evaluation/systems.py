@@ -20,7 +20,7 @@ from reviewtune.training.thresholds import load_thresholds
 logger = logging.getLogger(__name__)
 
 
-SCORING_MODES = ("generate", "loglik", "classifier")
+SCORING_MODES = ("generate", "loglik", "constrained", "classifier")
 
 
 LOGLIK_TASKS = ("sentiment", "sentiment5")  # closed label sets
@@ -55,7 +55,9 @@ class System:
     def scoring_modes(self) -> tuple[str, ...]:
         if self.kind == "classifier":
             return ("classifier",)
-        return ("generate", "loglik") if self.task.name in LOGLIK_TASKS else ("generate",)
+        if self.task.name in LOGLIK_TASKS:
+            return ("generate", "loglik", "constrained")
+        return ("generate", "constrained")
 
     @property
     def max_input_tokens(self) -> int:
