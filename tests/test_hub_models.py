@@ -162,7 +162,8 @@ def test_compare_scores_hub_runs_and_names_the_ones_it_cannot_load(hub, hub_runs
     proc = _compare(env, data, hub_runs, tmp_path / "report")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert {s["name"] for s in report["systems"]} == {"sft/generate", "sft/loglik", "clf", "baseline/majority"}
+    assert {s["name"] for s in report["systems"]} == {"sft/generate", "sft/loglik", "sft/constrained", "clf",
+                                                      "baseline/majority"}  # fmt: skip
     assert report["failed_systems"] == []
 
     empty_cache = {**env, "HF_HOME": str(tmp_path / "empty_hf_home")}  # the bases are gone: the runs cannot load
@@ -172,7 +173,7 @@ def test_compare_scores_hub_runs_and_names_the_ones_it_cannot_load(hub, hub_runs
     # The LoRA classifier is scored from its merged/ model (full weights, its own code copied beside them).
     assert {s["name"] for s in report["systems"]} == {"clf", "baseline/majority"}
     failed = {f["name"]: f["error"] for f in report["failed_systems"]}
-    assert set(failed) == {"sft/generate", "sft/loglik"}
+    assert set(failed) == {"sft/generate", "sft/loglik", "sft/constrained"}
     assert all(CAUSAL_ID in error and "HF cache" in error for error in failed.values()), failed
     markdown = (tmp_path / "report_without_bases" / "report.md").read_text()
     assert "Not scored: **sft/generate**" in markdown and "Not scored: **sft/loglik**" in markdown

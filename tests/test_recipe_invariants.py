@@ -143,9 +143,12 @@ def test_sft_recipe_end_to_end_on_each_task(tmp_path, tiny_causal_dir, task):
         for p in predictions:
             if scoring == "loglik":
                 assert not p["invalid"] and len(p["probs"]) == len(system.task.label_names)
-            elif not p["invalid"]:
+            elif scoring == "constrained":  # valid by construction
+                assert not p["invalid"]
+            if not p["invalid"]:
                 assert (p["score"] is not None) if task == "regression" else p["label"] in range(5)
-    assert system.scoring_modes == (("generate",) if task == "regression" else ("generate", "loglik"))
+    modes = ("generate", "constrained") if task == "regression" else ("generate", "loglik", "constrained")
+    assert system.scoring_modes == modes
 
 
 def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path, tiny_roberta_dir):
