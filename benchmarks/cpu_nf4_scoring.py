@@ -95,7 +95,7 @@ def main() -> None:
         system = load_system(args.run, **kwargs)
         if system.summary.get("quantization") != "nf4":
             sys.exit(f"{args.run} is not a QLoRA (NF4) run")
-        if "packed" in name:
+        if "AVX512" in name:
             enabled, total = enable_packed_kernel(system.model)
             name = f"{name} [{enabled}/{total} layers]"
         modes = ["generate", "loglik"] if system.task.name in LOGLIK_TASKS else ["generate"]
