@@ -64,6 +64,7 @@ def _prompt_pass(system, records: list[dict], batch_size: int) -> list[list[floa
     ids from the mask), only the last position projected; returns each label's first-token log-probability."""
     import torch
 
+    from reviewtune.evaluation.generation import left_padded_batches
     from reviewtune.evaluation.predict import _prompt_budget
     from reviewtune.prompts import fit_prompt
     from reviewtune.tasks import EMPTY_ASPECTS_ANSWER
@@ -77,16 +78,8 @@ def _prompt_pass(system, records: list[dict], batch_size: int) -> list[list[floa
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = next(model.parameters()).device
     out: list[list[float]] = [[]] * len(records)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
+        for idx, input_ids, mask in left_padded_batches(encoded, batch_size, pad):
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), logits_to_keep=1,
                            use_cache=False).logits[:, -1]  # fmt: skip

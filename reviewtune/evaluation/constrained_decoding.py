@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 from transformers import (
-    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
@@ -28,7 +27,7 @@ from transformers import (
 )
 
 from reviewtune.evaluation.answer_languages import INF, AnswerLanguage, State
-from reviewtune.evaluation.generation import _device, _pad_id, left_padded_batches
+from reviewtune.evaluation.generation import _device, _pad_id, greedy_config, left_padded_batches
 from reviewtune.prompt_format import PLAIN, answer_end_ids
 
 
@@ -297,15 +296,8 @@ def constrained_answers(
     device = _device(model)
     pad_id = _pad_id(tokenizer)
     single_end = len(constraint.end_ids) == 1
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        use_cache=True,
-        pad_token_id=pad_id,
-        # One end token: generate stops rows at it natively. Longer end sequences: the stopping criterion.
-        eos_token_id=list(constraint.end_ids[:1]) if single_end else None,
-    )
+    # One end token: generate stops rows at it natively. Longer end sequences: the stopping criterion.
+    gen_config = greedy_config(max_new_tokens, pad_id, constraint.end_ids[:1] if single_end else None)
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     answers: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="Constrained decoding", unit="review", disable=not progress)

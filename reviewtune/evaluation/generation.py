@@ -76,6 +76,12 @@ def left_padded_batches(
         yield idx, input_ids, attention_mask
 
 
+def greedy_config(max_new_tokens: int, pad_id: int, eos_ids: Sequence[int] | None) -> GenerationConfig:
+    """The harness's decoding: greedy, one beam, with the KV cache, stopping at ``eos_ids``."""
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                            pad_token_id=pad_id, eos_token_id=list(eos_ids) if eos_ids else None)  # fmt: skip
+
+
 @torch.inference_mode()
 def generate_answers(
     model,
@@ -99,14 +105,7 @@ def generate_answers(
     device = _device(model)
     pad_id = _pad_id(tokenizer)
     eos_ids = sorted(set(_eos_ids(model, tokenizer)) | {int(i) for i in eos_token_ids})
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        use_cache=True,
-        pad_token_id=pad_id,
-        eos_token_id=eos_ids or None,
-    )
+    gen_config = greedy_config(max_new_tokens, pad_id, eos_ids)
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     answers: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="Generating", unit="review", disable=not progress)
