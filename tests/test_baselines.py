@@ -110,6 +110,8 @@ def test_tfidf_lr_aspects_detects_keywords_and_polarity():
     assert m["exact_match"] == 1.0 and m["polarity_accuracy"] == 1.0
     # training-set exact match: a linear model on these separable phrases should get nearly all
     assert task_metrics(task, records, base.predict(records), n_resamples=0)["exact_match"] >= 0.9
+    # one review at a time, as the harness times latency: a review with no keyword is no polarity to predict
+    assert base.predict([test[2]])[0]["aspects"] == []
 
 
 def test_majority_aspects_predicts_most_frequent_set():

@@ -99,7 +99,8 @@ class Baseline:
         keywords = self.task.keywords
         detected = self.models["keywords"].predict(texts)
         pairs = [(row, keywords[j]) for row in range(len(texts)) for j in np.flatnonzero(detected[row])]
-        polarities = self.models["polarity"].predict([keyword_input(texts[r], k, self.task) for r, k in pairs])
+        pair_texts = [keyword_input(texts[r], k, self.task) for r, k in pairs]
+        polarities = self.models["polarity"].predict(pair_texts) if pairs else []  # no keyword found: none to rate
         per_row: list[list[dict]] = [[] for _ in texts]
         for (row, kw), pol in zip(pairs, polarities, strict=True):
             per_row[row].append({"keyword": kw, "polarity": int(pol)})
