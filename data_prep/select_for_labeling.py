@@ -21,6 +21,10 @@ Exit status 2 when a strategy has no meaning for the run (one line says why) or 
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ sets OpenMP and warning defaults before torch loads)
+
+# isort: split
+
 import logging
 import random
 import sys

@@ -19,6 +19,10 @@ same order and is scored in its own process (cost measured there). Writes ``repo
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ sets OpenMP and warning defaults before torch loads)
+
+# isort: split
+
 import logging
 import os
 import re

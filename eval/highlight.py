@@ -15,6 +15,10 @@ regression runs) or the target does not fit the run.
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ sets OpenMP and warning defaults before torch loads)
+
+# isort: split
+
 import json
 import logging
 import sys

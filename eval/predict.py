@@ -11,6 +11,10 @@ gold labels are not read. An answer the model's parser cannot read is ``invalid`
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ sets OpenMP and warning defaults before torch loads)
+
+# isort: split
+
 import logging
 import os
 import sys

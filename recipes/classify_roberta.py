@@ -24,7 +24,7 @@ the tokenizer, ``task_spec.json``, ``token_freqs.json``, ``classification_report
 
 from __future__ import annotations
 
-import reviewtune  # noqa: F401  (first: its __init__ quiets a bitsandbytes import warning, see there)
+import reviewtune  # noqa: F401  (first: its __init__ sets OpenMP and warning defaults before torch loads)
 
 # isort: split
 

@@ -14,6 +14,10 @@ models themselves on first use (``model_name_or_path: embedded``, see ``reviewtu
 
 from __future__ import annotations
 
+import reviewtune  # noqa: F401  (first: its __init__ sets OpenMP and warning defaults before torch loads)
+
+# isort: split
+
 import logging
 import sys
 from pathlib import Path

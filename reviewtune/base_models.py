@@ -160,9 +160,6 @@ def _child_env() -> dict[str, str]:
     package_parent = str(Path(__file__).resolve().parent.parent)  # so the child imports this reviewtune
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Idle OpenMP threads sleep instead of spinning: on a busy CPU, spinning threads made each step ~6x
-    # slower (2 threads, load 10 on 2 cores); on an idle one the difference is small.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
