@@ -69,6 +69,7 @@ from reviewtune.training.classifier_heads import (
     tokenize_examples,
 )
 from reviewtune.training.classifier_trainer import WeightedLossTrainer
+from reviewtune.training.learning_curves import LearningCurves, combine_curves
 from reviewtune.training.model_card import recipe_command, write_model_cards
 from reviewtune.training.recipe_setup import (
     ClassifierTrainingArguments,
@@ -224,7 +225,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
         }
 
     # Trainer: weighted loss, dynamic padding, length-grouped batches (config), early stopping on the metric
-    callbacks = [EvaluationKeepsRng(), clock := TrainingClock()]
+    callbacks = [EvaluationKeepsRng(), clock := TrainingClock(), LearningCurves(title=head.name)]
     if clf_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(clf_args.early_stopping_patience, clf_args.early_stopping_threshold))
     trainer = WeightedLossTrainer(
@@ -391,6 +392,7 @@ def aspect_system_summary(out: Path, task, components, data, data_args, clf_args
     if tokens and common["train_runtime_s"]:
         common["train_tokens_per_s"] = sum(tokens) / common["train_runtime_s"]
     task.save(out)
+    combine_curves(out, {name: out / name for name in ASPECT_COMPONENTS})  # both models' curves in one plot
     run_directory.write_run_summary(out, {**common, "metrics": {}})  # the harness's loader reads it below
 
     # System metrics: the saved run loaded and scored exactly as eval/compare.py does

@@ -54,6 +54,7 @@ from reviewtune.provenance import provenance
 from reviewtune.training import run_directory
 from reviewtune.training.arguments import DataArguments, SFTScriptArguments
 from reviewtune.training.callbacks import EvaluationKeepsRng, TrainingClock, rng_preserved
+from reviewtune.training.learning_curves import LearningCurves, generative_metric
 from reviewtune.training.model_card import recipe_command, write_model_cards
 from reviewtune.training.recipe_setup import (
     ModelArguments,
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     peft_config = get_peft_config(model_args)
     if peft_config is not None and peft_config.modules_to_save:
         peft_config.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
+    # Learning curves: losses, and greedy answers to validation reviews scored as the harness scores them
+    curve_records = [] if is_sharded(mode) else data.records["validation"][: script_args.curve_samples]
+    metric = generative_metric(tokenizer, task, curve_records, max_length, script_args.generation_batch_size)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset if len(eval_dataset) else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[EvaluationKeepsRng(), clock := TrainingClock()],
+        callbacks=[EvaluationKeepsRng(), clock := TrainingClock(), LearningCurves(metric, title="sft_qlora")],
     )
     adapters_follow_compute_dtype(trainer.model, training_args)
     trainable_params, total_params = run_directory.count_parameters(trainer.model)

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when pre-training code changes what a given corpus + config produces: old caches stay valid for
 # the adapters trained on them, new runs get a new directory.
-RECIPE_VERSION = 2  # 2: every dimension a multiple of 64 (intermediate 704, vocabulary padded)
+RECIPE_VERSION = 3  # 2: every dimension a multiple of 64 (intermediate 704, vocabulary padded); 3: task vocabulary
+# in the tokenizer's training texts
 MANIFEST = "base_model.json"
 # Fields that do not change the model: where it is written, and which path the corpus was read from
 # (its content is hashed instead).
@@ -48,13 +49,17 @@ _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GRO
 # train split (~8k reviews of 15-80 characters, ~92k tokens); ``max_minutes`` caps each training loop on
 # slower or busy machines. The causal LM learns from packed blocks; the RoBERTa from one review per
 # sequence, shallow and with 25% masking: in this budget a deeper RoBERTa on packed blocks stays at the
-# unigram loss (it never starts to use the context).
+# unigram loss (it never starts to use the context). Both train their embeddings only, with the transformer
+# blocks left random, and their tokenizers learn the aspect task's template and answers: fine-tuned on the aspect
+# task, such bases learn it and fully pre-trained ones do not (measurements in docs/learning.md).
 _DEFAULTS: dict[str, dict] = {
     "causal": dict(
         vocab_size=8000,
+        task_vocabulary="aspects",
         hidden_size=256,
         num_layers=4,
-        num_heads=4,
+        num_heads=8,
+        trained_modules="embeddings",
         intermediate_size=704,
         max_seq_length=128,
         packing=True,
@@ -72,10 +77,12 @@ _DEFAULTS: dict[str, dict] = {
     ),
     "roberta": dict(
         vocab_size=8000,
+        task_vocabulary="aspects",
         hidden_size=192,
         num_layers=2,
         num_heads=3,
         intermediate_size=768,
+        trained_modules="embeddings",
         max_seq_length=128,
         packing=False,
         max_position_embeddings=512,

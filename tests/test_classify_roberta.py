@@ -336,8 +336,13 @@ def test_aspects_two_model_system(tmp_path, tiny_roberta_dir):
     assert (summary["task"], summary["kind"], summary["method"]) == ("aspects", "classifier", "lora")
     assert (out / "task_spec.json").is_file() and (out / "token_freqs.json").is_file()
     assert {"micro_f1", "exact_match", "polarity_accuracy"} <= set(summary["metrics"]["test"])
+    assert set(read_json(out / "learning_curves.json")["components"]) == {"keywords", "keyword_sentiment"}
+    assert (out / "learning_curves.png").is_file()
     for name in ("keywords", "keyword_sentiment"):
         assert_loss_fell(out / name)
+        curves = read_json(out / name / "learning_curves.json")  # losses and the Trainer's metrics per step
+        assert (out / name / "learning_curves.png").is_file() and curves["steps"] > 0
+        assert any("eval_loss" in p for p in curves["points"]) and any("loss" in p for p in curves["points"])
         sub = assert_run_dir(out / name, "lora")
         assert sub["component"] == name
     thresholds = read_json(out / "keywords" / "thresholds.json")["thresholds"]

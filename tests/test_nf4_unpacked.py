@@ -57,8 +57,8 @@ def data_dir(tmp_path_factory):
 
 
 def _argv(model_dir, data_dir, out, *extra) -> list[str]:
-    """The default config's method (NF4, LoRA on all linear layers + trained embeddings, gradient
-    checkpointing, LoRA dropout) on a tiny model, 12 steps."""
+    """The default config's method (NF4, LoRA on all linear layers + trained embeddings) on a tiny model, 12 steps,
+    with activation checkpointing and LoRA dropout (random draws an evaluation must not shift) switched on."""
     return [
         *("--model_name_or_path", str(model_dir), "--output_dir", str(out)),
         *("--train_file", str(data_dir / "train.jsonl"), "--validation_file", str(data_dir / "validation.jsonl")),
@@ -66,6 +66,7 @@ def _argv(model_dir, data_dir, out, *extra) -> list[str]:
         *("--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--max_steps", "12"),
         *("--logging_steps", "1", "--save_steps", "100", "--warmup_steps", "0", "--seed", "0"),
         *("--lora_r", "8", "--lora_alpha", "16", "--eval_steps", "3"),
+        *("--activation_checkpointing", "true", "--lora_dropout", "0.1"),
         *extra,
     ]
 
@@ -76,10 +77,11 @@ def _losses(summary: dict) -> list[float]:
 
 @pytest.fixture(scope="module")
 def reference_losses(recipe, tiny_causal_dir, data_dir, tmp_path_factory):
-    """No sample predictions, no evaluation during training: nothing runs an eval-mode forward before the end."""
+    """No sample predictions, no evaluation or learning-curve answers during training: nothing runs an eval-mode
+    forward before the end."""
     out = tmp_path_factory.mktemp("nf4_reference")
     summary = recipe.main(_argv(tiny_causal_dir, data_dir, out, "--num_sample_predictions", "0",
-                                "--eval_strategy", "no"))  # fmt: skip
+                                "--eval_strategy", "no", "--curve_samples", "0"))  # fmt: skip
     assert len(_losses(summary)) == 12
     return _losses(summary)
 
@@ -88,7 +90,7 @@ def reference_losses(recipe, tiny_causal_dir, data_dir, tmp_path_factory):
     "extra",
     [
         ("--num_sample_predictions", "4", "--eval_strategy", "no"),
-        ("--num_sample_predictions", "0", "--eval_strategy", "steps"),
+        ("--num_sample_predictions", "0", "--eval_strategy", "steps"),  # + the learning curves' greedy answers
     ],
     ids=["sample_predictions", "evaluation_during_training"],
 )

@@ -24,7 +24,7 @@ from reviewtune.base_models import (
     default_pretrain_args,
     ensure_base_model,
 )
-from reviewtune.models.pretraining import read_corpus, read_corpus_counts, train_tokenizer
+from reviewtune.models.pretraining import pretrain, read_corpus, read_corpus_counts, train_tokenizer
 from reviewtune.training.arguments import PretrainArguments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +77,40 @@ def test_tiny_pretraining_loss_falls_and_loads_with_auto_classes(
         with torch.no_grad():
             logits = model(**batch).logits
         assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("kind", ["causal", "roberta"])
+def test_embeddings_only_pretraining_leaves_the_blocks_at_their_initialisation(kind, tiny_corpus_file, tmp_path,
+                                                                              tiny_args):  # fmt: skip
+    """Two budgets (2 and 8 steps) from one seed: every non-embedding weight identical, the embeddings moved."""
+    from safetensors.torch import load_file
+
+    weights, summaries = {}, {}
+    for steps in (2, 8):
+        args = tiny_args(kind, corpus_file=str(tiny_corpus_file), max_steps=steps, trained_modules="embeddings")
+        summaries[steps] = pretrain(args, tmp_path / str(steps))
+        weights[steps] = load_file(tmp_path / str(steps) / "model.safetensors")
+    assert summaries[8]["final_eval_loss"] < summaries[8]["initial_eval_loss"]
+    embeddings = {n for n in weights[8] if "embed" in n}
+    assert embeddings and len(embeddings) < len(weights[8])
+    for name, tensor in weights[8].items():
+        if name not in embeddings:
+            assert torch.equal(tensor, weights[2][name]), name
+    assert any(not torch.equal(weights[8][n], weights[2][n]) for n in embeddings if "word" in n or "tokens" in n)
+
+
+def test_task_vocabulary_gives_the_template_and_answers_whole_tokens(tiny_corpus_file, tiny_args):
+    from reviewtune.models.pretraining import task_vocabulary_texts
+
+    texts = read_corpus(tiny_corpus_file)
+    plain = train_tokenizer(texts, "causal", 600)
+    taught = train_tokenizer(texts + task_vocabulary_texts("aspects"), "causal", 600)
+    for piece in ("\n###출력:", "###명령어: 리뷰를 분석해줘", " 라인(핏)"):
+        assert len(taught.tokenize(piece)) < len(plain.tokenize(piece)), piece
+    with pytest.raises(ValueError, match="task_vocabulary must be one of"):
+        tiny_args("causal", task_vocabulary="nope")
+    with pytest.raises(ValueError, match="trained_modules must be one of"):
+        tiny_args("causal", trained_modules="blocks")
 
 
 def test_causal_tokenizer_round_trips_korean_and_marks_sequences(tiny_causal_dir):

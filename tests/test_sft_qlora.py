@@ -78,7 +78,7 @@ def _argv(model_dir, data_dir, output_dir, *extra) -> list[str]:
         *("--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3"),
         *("--max_steps", "24", "--logging_steps", "1", "--save_steps", "12", "--warmup_steps", "0", "--seed", "0"),
         *("--lr_scheduler_type", "constant"),
-        *("--lora_r", "8", "--lora_alpha", "16", "--num_sample_predictions", "4"),
+        *("--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05", "--num_sample_predictions", "4"),
         *extra,
     ]
 
@@ -401,7 +401,8 @@ def test_run_card_and_the_files_that_would_be_pushed(qlora_run, tmp_path):
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "generation_config.json",
             "task_spec.json", "run_summary.json", "sample_predictions.json", "merged/README.md", "merged/config.json",
             "merged/model.safetensors", "merged/generation_config.json", "merged/tokenizer.json",
-            } <= set(files)  # fmt: skip
+            "learning_curves.png", "learning_curves.json"} <= set(files)  # fmt: skip
+    assert "![learning curves](learning_curves.png)" in text  # the card shows the pushed plot
     assert not [f for f in files if "checkpoint-" in f or f.endswith(".bin") or "/." in f or f.startswith(".")]
     assert any(f.startswith("runs/") and "tfevents" in f for f in files)  # the training curves go along
     # What a hub user downloads is complete: the copy loads and answers as the run does
@@ -427,3 +428,26 @@ def test_tensorboard_logs_are_written_offline(qlora_run):
     assert [e.step for e in losses] == [step for step, _ in summary["train_loss_history"]]
     np.testing.assert_allclose([e.value for e in losses], [loss for _, loss in summary["train_loss_history"]],
                                rtol=1e-5)  # fmt: skip
+
+
+def test_learning_curves_written_with_the_task_metric(qlora_run, data_dir):
+    from reviewtune.evaluation.metrics import task_metrics
+    from reviewtune.training.learning_curves import read_curves
+
+    out, summary = qlora_run
+    curves = read_curves(out)
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert curves["steps"] == summary["global_step"] == len(curves["step_seconds"])
+    points = curves["points"]
+    assert [p["step"] for p in points] == sorted(p["step"] for p in points)
+    assert all(p["seconds"] >= 0 for p in points) and points[-1]["seconds"] <= curves["train_seconds"] + 1e-3
+    losses = [p["loss"] for p in points if "loss" in p]
+    assert losses == [loss for _, loss in summary["train_loss_history"]]
+    last = points[-1]  # the last step always carries the task metric, scored as the harness scores answers
+    assert last["step"] == summary["global_step"]
+    assert {"eval_micro_f1", "eval_exact_match", "eval_invalid_rate"} <= set(last)
+    # The saved run scored by the harness on the same validation reviews gives the same numbers
+    records = [json.loads(line) for line in (data_dir / "validation.jsonl").read_text().splitlines()]
+    harness = task_metrics(TASK, records, predict(load_system(out), records, scoring="generate"), n_resamples=0)
+    for name in ("micro_f1", "exact_match", "invalid_rate", "polarity_accuracy"):
+        assert last[f"eval_{name}"] == pytest.approx(harness[name]), name

@@ -21,7 +21,7 @@ from typing import Any
 
 from reviewtune.atomic import atomic_write_bytes, atomic_write_json
 from reviewtune.provenance import provenance
-from reviewtune.training.arguments import KINDS, PretrainArguments
+from reviewtune.training.arguments import KINDS, TRAINED_MODULES, PretrainArguments
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,27 @@ def read_corpus(path: str | os.PathLike) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------- tokenizer
+
+TASK_VOCABULARY_REPEAT = 100  # copies of each task-vocabulary text among the tokenizer's training texts
+
+
+def task_vocabulary_texts(task_name: str | None, repeat: int = TASK_VOCABULARY_REPEAT) -> list[str]:
+    """Texts that teach a tokenizer a task's words: its prompt template around an empty review, and every answer.
+
+    ``repeat`` copies of each, so that their merges pass ``min_frequency``. Empty for ``None``.
+    """
+    if not task_name:
+        return []
+    from reviewtune.prompts import build_prompt, keyword_input
+    from reviewtune.tasks import EMPTY_ASPECTS_ANSWER, get_task
+
+    task = get_task(task_name)
+    texts = [build_prompt("", task)]
+    if task.name == "aspects":
+        texts += [keyword_input("", k, task) for k in task.keywords]
+        texts += [f" {k}{p}," for k in task.keywords for p in task.polarities] + [" " + EMPTY_ASPECTS_ANSWER]
+    texts += [" " + name for name in task.label_names]
+    return texts * repeat
 
 
 def train_tokenizer(texts: list[str], kind: str, vocab_size: int, base_tokenizer=None, min_frequency: int = 2):
@@ -207,6 +228,24 @@ def build_model(kind: str, tokenizer, args: PretrainArguments):
 
 
 # ------------------------------------------------------------------------------------------- training
+
+
+def freeze_for_pretraining(model, trained_modules: str) -> int:
+    """Keep the parameters that ``trained_modules`` excludes at their initialisation; returns how many tensors.
+
+    ``embeddings``: only the embedding modules train (``embed_tokens``, RoBERTa's ``embeddings.*``; a tied output
+    layer shares the token embeddings), the transformer blocks stay random. See docs/learning.md.
+    """
+    if trained_modules not in TRAINED_MODULES:
+        raise ValueError(f"trained_modules must be one of {', '.join(TRAINED_MODULES)}, got {trained_modules!r}")
+    if trained_modules == "all":
+        return 0
+    frozen = 0
+    for name, param in model.named_parameters():
+        if "embed" not in name:
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def pack_blocks(texts: list[str], tokenizer, kind: str, block_size: int, packing: bool = True):
@@ -317,7 +356,11 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
         raise ValueError(f"{args.corpus_file}: no texts to pre-train on ({corpus_counts})")
     logger.info("corpus %s: %s; using %d texts", args.corpus_file, corpus_counts, len(texts))
     tokenizer = train_tokenizer(
-        texts, args.kind, args.vocab_size, base_tokenizer=args.tokenizer_name_or_path, min_frequency=args.min_frequency
+        texts + task_vocabulary_texts(args.task_vocabulary, max(args.min_frequency, TASK_VOCABULARY_REPEAT)),
+        args.kind,
+        args.vocab_size,
+        base_tokenizer=args.tokenizer_name_or_path,
+        min_frequency=args.min_frequency,
     )
     tokenizer.model_max_length = args.max_position_embeddings
     if tokenizer.pad_token is None:  # an adapted tokenizer may have none
@@ -338,6 +381,9 @@ def pretrain(args: PretrainArguments, output_dir: str | os.PathLike) -> dict[str
 
     # Model
     model = build_model(args.kind, tokenizer, args)
+    frozen = freeze_for_pretraining(model, args.trained_modules)
+    if frozen:
+        logger.info("trained_modules=%s: %d parameter tensors keep their initialisation", args.trained_modules, frozen)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("%s model: %.2fM parameters, vocab %d", args.kind, n_params / 1e6, len(tokenizer))
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reviewtune.tasks import TASKS
+
 KINDS = ("causal", "roberta")  # base models the suite pre-trains
+TRAINED_MODULES = ("all", "embeddings")  # what pre-training trains
 CLASS_WEIGHT_MODES = ("none", "balanced")
 
 
@@ -60,6 +63,13 @@ class SFTScriptArguments:
     generation_batch_size: int = field(
         default=16,
         metadata={"help": "Batch size for the sample predictions (answered as eval/compare.py's generate scoring)."},
+    )
+    curve_samples: int = field(
+        default=100,
+        metadata={
+            "help": "Validation reviews answered at each evaluation (and after the last step) for the task metric "
+            "of learning_curves.json/png; 0: losses only."
+        },
     )
     use_chat_template: bool = field(
         default=False,
@@ -140,11 +150,28 @@ class PretrainArguments:
     )
     vocab_size: int = field(default=8000, metadata={"help": "Target vocabulary size (smaller if the corpus is small)."})
     min_frequency: int = field(default=2, metadata={"help": "Minimum pair frequency for a BPE merge."})
+    task_vocabulary: str | None = field(
+        default=None,
+        metadata={
+            "help": "A task (aspects, sentiment, ...) whose prompt template and answers the tokenizer also learns "
+            "(the model still pre-trains on the corpus only): without it, template and answer words never seen in "
+            "the corpus become runs of byte tokens."
+        },
+    )
     # Model
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 704
+    trained_modules: str = field(
+        default="all",
+        metadata={
+            "help": "What pre-training trains: all, or embeddings (token and position embeddings; the transformer "
+            "blocks keep their random initialisation). docs/learning.md says why the embedded bases train "
+            "embeddings only.",
+            "choices": list(TRAINED_MODULES),
+        },
+    )
     max_seq_length: int = field(
         default=128, metadata={"help": "Length of the packed training blocks (tokens); unpacked texts are cut to it."}
     )
@@ -179,6 +206,11 @@ class PretrainArguments:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.trained_modules not in TRAINED_MODULES:
+            choices = ", ".join(TRAINED_MODULES)
+            raise ValueError(f"trained_modules must be one of {choices}, got {self.trained_modules!r}")
+        if self.task_vocabulary is not None and self.task_vocabulary not in TASKS:
+            raise ValueError(f"task_vocabulary must be one of {', '.join(TASKS)}, got {self.task_vocabulary!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.max_seq_length > self.max_position_embeddings:

@@ -233,6 +233,9 @@ def _results_section(model_dir: Path, summary: dict, part: str) -> str:
         parts.append(f"Sample predictions (`sample_predictions.json`, {s['n']} held-out reviews, answered as "
                      f"`eval/compare.py`'s generate scoring): {s['valid_after']} valid, {s['correct_after']} exactly "
                      f"right after training ({s['valid_before']} valid before).")  # fmt: skip
+    if (model_dir / "learning_curves.png").is_file():
+        parts.append("![learning curves](learning_curves.png)\n\nLosses and the task metric on validation against "
+                     "optimizer steps and training seconds (`learning_curves.json`).")  # fmt: skip
     parts.append("Head-to-head quality, speed and cost against the other systems: `python eval/compare.py`.")
     return "\n\n".join(parts)
 
