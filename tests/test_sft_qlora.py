@@ -208,6 +208,9 @@ def test_resume_after_interruption_continues_from_the_saved_step(recipe, tiny_ca
         rtol=1e-4,
         atol=1e-4,
     )
+    points = json.loads((out / "learning_curves.json").read_text())["points"]
+    assert [(p["step"], p["loss"]) for p in points if "loss" in p] == resumed["train_loss_history"]  # 1-2 kept
+    assert [p["step"] for p in points if "seconds" in p] == [3, 4, 5, 6]  # timed in this launch only
 
     # Launched once more, the complete run has no step left: its summary is kept, not rewritten.
     written = (out / "run_summary.json").read_bytes()
@@ -451,3 +454,12 @@ def test_learning_curves_written_with_the_task_metric(qlora_run, data_dir):
     harness = task_metrics(TASK, records, predict(load_system(out), records, scoring="generate"), n_resamples=0)
     for name in ("micro_f1", "exact_match", "invalid_rate", "polarity_accuracy"):
         assert last[f"eval_{name}"] == pytest.approx(harness[name]), name
+
+
+def test_card_repeats_the_runs_trust_remote_code_setting(qlora_run):
+    from reviewtune.training.model_card import _loading_section
+
+    out, summary = qlora_run
+    assert "trust_remote_code" not in _loading_section(out, summary, TASK, "run")  # off unless the run asked
+    asked = {**summary, "config": {**summary["config"], "trust_remote_code": True}}
+    assert "pass `trust_remote_code=True` to the plain transformers loads" in _loading_section(out, asked, TASK, "run")

@@ -1,9 +1,10 @@
 """Learning curves for every run: losses and the task metric against optimizer steps and training seconds.
 
-:class:`LearningCurves` is a ``TrainerCallback``. It collects what the Trainer logs (training loss, learning
-rate, evaluation loss and ``compute_metrics`` results such as ``eval_micro_f1``), can run an extra task metric
-of its own at each evaluation (``metric_fn``, e.g. :func:`generative_metric`: greedy answers to validation
-reviews, scored exactly as ``eval/compare.py``'s ``generate`` scoring scores them), and writes
+:class:`LearningCurves` is a ``TrainerCallback``. It plots what the Trainer logs (its ``log_history``: training
+loss, learning rate, evaluation loss and ``compute_metrics`` results such as ``eval_micro_f1``), times each
+step, can run an extra task metric of its own at each evaluation (``metric_fn``, e.g. :func:`generative_metric`:
+greedy answers to validation reviews, scored exactly as ``eval/compare.py``'s ``generate`` scoring scores them),
+and writes
 ``learning_curves.json`` and ``learning_curves.png`` into the run directory when training ends.
 
 Seconds are *training* seconds: wall time since training began, less the time spent evaluating, in the
@@ -105,20 +106,10 @@ class LearningCurves(TrainerCallback):
             if metrics is not None:  # also visible to the Trainer's best-model logic and log_history
                 metrics.update({f"eval_{k}": v for k, v in values.items() if f"eval_{k}" not in metrics})
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        point = self._point(state)
-        for key, value in (logs or {}).items():
-            if key not in _NOT_CURVES and isinstance(value, int | float) and math.isfinite(value):
-                point[key] = float(value)
-
     def on_train_end(self, args, state, control, **kwargs):
         if self._paused_at is not None:
             self._excluded += self._now() - self._paused_at
             self._paused_at = None
-        # A resumed run: the steps before the resume come from the checkpoint's log history (without seconds)
-        for logged in state.log_history:
-            if "step" in logged and int(logged["step"]) not in self.points:
-                self.on_log(args, _AtStep(logged["step"], logged.get("epoch")), control, logs=logged)
         if state.is_world_process_zero:
             self.write(args.output_dir, state)
 
@@ -152,8 +143,17 @@ class LearningCurves(TrainerCallback):
     # -- output
     def summary(self, state=None) -> dict[str, Any]:
         """The JSON written to ``learning_curves.json``."""
-        # Steps where something was logged or measured (every step's duration is in step_seconds)
-        points = [p for _, p in sorted(self.points.items()) if p.keys() - {"step", "epoch", "seconds"}]
+        # What the Trainer logged (its log history: after a resume, also the steps before it, without seconds),
+        # with this callback's seconds and task metric; steps where something was logged or measured.
+        merged = {step: dict(point) for step, point in self.points.items()}
+        for logged in getattr(state, "log_history", None) or []:
+            if "step" in logged:
+                point = merged.setdefault(int(logged["step"]), {"step": int(logged["step"])})
+                point.update({k: float(v) for k, v in logged.items()
+                              if k not in _NOT_CURVES and isinstance(v, int | float) and math.isfinite(v)})  # fmt: skip
+                if logged.get("epoch") is not None:
+                    point.setdefault("epoch", round(float(logged["epoch"]), 4))
+        points = [p for _, p in sorted(merged.items()) if p.keys() - {"step", "epoch", "seconds"}]
         steps = self._step_seconds
         return {
             "schema_version": SCHEMA_VERSION,
@@ -175,13 +175,6 @@ class LearningCurves(TrainerCallback):
         atomic_write_json(Path(output_dir) / CURVES_JSON, data)
         plot_curves({self.title or Path(output_dir).name: data}, Path(output_dir) / CURVES_PNG)
         return data
-
-
-class _AtStep:
-    """The two fields of a ``TrainerState`` that a point needs."""
-
-    def __init__(self, step: int, epoch: float | None) -> None:
-        self.global_step, self.epoch = step, epoch
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float] | None:

@@ -253,9 +253,10 @@ def _reproduce_section(summary: dict, command: str | None) -> str:
 def _loading_section(model_dir: Path, summary: dict, task: TaskSpec, part: str) -> str:
     section = (_classifier_loading if summary["kind"] == "classifier" else _generative_loading)(
         model_dir, summary, task, part)  # fmt: skip
-    if (summary.get("config") or {}).get("trust_remote_code"):
+    remote_code = (summary.get("config") or {}).get("trust_remote_code")
+    if remote_code:  # the run's own setting, repeated for the loads above
         section += ("\n\nThe model runs code from its repository (the run set `trust_remote_code`): pass "
-                    "`trust_remote_code=True` to the plain transformers loads above.")  # fmt: skip
+                    f"`trust_remote_code={remote_code!r}` to the plain transformers loads above.")  # fmt: skip
     return section
 
 
