@@ -25,22 +25,11 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # the ByteLevel alphabet tokenizers use
 
 from reviewtune.evaluation.answer_languages import INF, AnswerLanguage, State
 from reviewtune.evaluation.generation import _device, _pad_id, greedy_config, left_padded_batches
 from reviewtune.prompt_format import PLAIN, answer_end_ids
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet (printable character -> byte), as in ``tokenizers``' ``ByteLevel``."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, n = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
 def token_bytes(tokenizer) -> list[bytes | None]:
@@ -63,7 +52,7 @@ def token_bytes(tokenizer) -> list[bytes | None]:
         decoder_type = "bytelevel"
     elif types & {"ByteFallback", "Metaspace", "Replace"}:
         decoder_type = "sentencepiece"
-    byte_of = _byte_decoder()
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}  # GPT-2's byte-level alphabet, inverted
     for token, i in vocab.items():
         if i in special:
             continue
