@@ -79,6 +79,27 @@ def test_tiny_pretraining_loss_falls_and_loads_with_auto_classes(
         assert logits.shape == (2, 3) and torch.isfinite(logits).all()
 
 
+def test_sliding_window_layers_see_only_the_last_tokens(tiny_corpus_file, tmp_path, tiny_args):
+    """A causal base with sliding-window bottom layers is a Qwen2 that reloads as one: the bottom layer's output at
+    a position ignores a token ``sliding_window`` places back, the full-attention layer above it does not."""
+    args = tiny_args("causal", corpus_file=str(tiny_corpus_file), max_steps=2, num_layers=2, sliding_window_layers=1,
+                     sliding_window=3)  # fmt: skip
+    pretrain(args, tmp_path / "swa")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "swa").eval()
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert model.config.layer_types == ["sliding_attention", "full_attention"] and model.config.sliding_window == 3
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    changed = ids.clone()
+    changed[0, 2] = 13  # 3 places before the last token: outside the window of 3 (the token and the 2 before it)
+    with torch.no_grad():
+        h, h_changed = (model(input_ids=x, output_hidden_states=True).hidden_states for x in (ids, changed))
+    assert torch.equal(h[1][0, 5:], h_changed[1][0, 5:])  # layer 0 (sliding): positions 5.. never see position 2
+    assert not torch.allclose(h[1][0, 4], h_changed[1][0, 4])  # position 4 does
+    assert not torch.allclose(h[2][0, -1], h_changed[2][0, -1])  # layer 1 (full) sees everything
+    with pytest.raises(ValueError, match="sliding_window_layers"):
+        tiny_args("roberta", sliding_window_layers=1)
+
+
 @pytest.mark.parametrize("kind", ["causal", "roberta"])
 def test_embeddings_only_pretraining_leaves_the_blocks_at_their_initialisation(kind, tiny_corpus_file, tmp_path,
                                                                               tiny_args):  # fmt: skip

@@ -1,4 +1,4 @@
-"""Pre-training small base models from scratch: tokenizer training, a small Llama or RoBERTa, CLM/MLM.
+"""Pre-training small base models from scratch: tokenizer training, a small Llama/Qwen2 or RoBERTa, CLM/MLM.
 
 The suite's embedded base models are built with this module (see ``reviewtune.base_models``), so that
 QLoRA and the classifier adapt a pre-trained model, as they do in real use, on a machine that cannot
@@ -190,8 +190,16 @@ def train_tokenizer(texts: list[str], kind: str, vocab_size: int, base_tokenizer
 
 
 def build_model(kind: str, tokenizer, args: PretrainArguments):
-    """A freshly initialised ``LlamaForCausalLM`` or ``RobertaForMaskedLM`` sized by ``args``."""
-    from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM
+    """A freshly initialised causal LM (``LlamaForCausalLM``, or ``Qwen2ForCausalLM`` with sliding-window layers)
+    or ``RobertaForMaskedLM``, sized by ``args``."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
 
     common = dict(
         # Every dimension a multiple of 64 (the rows past the tokenizer's vocabulary are never input): 4-bit
@@ -206,14 +214,25 @@ def build_model(kind: str, tokenizer, args: PretrainArguments):
         pad_token_id=tokenizer.pad_token_id,
     )
     if kind == "causal":
-        config = LlamaConfig(
-            **common,
+        causal = dict(
             num_key_value_heads=args.num_heads,
             max_position_embeddings=args.max_position_embeddings,
             tie_word_embeddings=True,
             attention_dropout=args.dropout,
         )
-        return LlamaForCausalLM(config)
+        if not args.sliding_window_layers:
+            return LlamaForCausalLM(LlamaConfig(**common, **causal))
+        # Llama's config has no sliding-window layers; Qwen2's (a Llama with biases on q/k/v) has them per layer.
+        n = args.sliding_window_layers
+        layer_types = ["sliding_attention"] * n + ["full_attention"] * (args.num_layers - n)
+        config = Qwen2Config(
+            **common,
+            **causal,
+            use_sliding_window=True,
+            sliding_window=args.sliding_window,
+            layer_types=layer_types,
+        )
+        return Qwen2ForCausalLM(config)
     if kind == "roberta":
         # RoBERTa's positions start after the padding index, hence +2.
         config = RobertaConfig(

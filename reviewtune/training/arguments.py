@@ -136,7 +136,7 @@ class PretrainArguments:
     """Tokenizer, architecture and budget of one pre-training run (YAML keys map 1:1 onto these fields)."""
 
     # Data
-    kind: str = field(default="causal", metadata={"help": "causal (small Llama, CLM) or roberta (MLM)."})
+    kind: str = field(default="causal", metadata={"help": "causal (small Llama or Qwen2, CLM) or roberta (MLM)."})
     corpus_file: str | None = field(
         default=None,
         metadata={"help": "records.jsonl ('text' field), .txt or .txt.gz (one text per line), or NSMC TSV."},
@@ -171,6 +171,17 @@ class PretrainArguments:
             "embeddings only.",
             "choices": list(TRAINED_MODULES),
         },
+    )
+    sliding_window_layers: int = field(
+        default=0,
+        metadata={
+            "help": "causal kind: how many bottom layers attend to a sliding window of recent tokens (the model is "
+            "then a Qwen2, whose config has such layers, instead of a Llama); the layers above attend to the whole "
+            "sequence. docs/learning.md says why the embedded causal base has two."
+        },
+    )
+    sliding_window: int = field(
+        default=6, metadata={"help": "Tokens a sliding-window layer attends to (the token itself and those before)."}
     )
     max_seq_length: int = field(
         default=128, metadata={"help": "Length of the packed training blocks (tokens); unpacked texts are cut to it."}
@@ -211,6 +222,12 @@ class PretrainArguments:
             raise ValueError(f"trained_modules must be one of {choices}, got {self.trained_modules!r}")
         if self.task_vocabulary is not None and self.task_vocabulary not in TASKS:
             raise ValueError(f"task_vocabulary must be one of {', '.join(TASKS)}, got {self.task_vocabulary!r}")
+        if not 0 <= self.sliding_window_layers <= self.num_layers:
+            raise ValueError(f"sliding_window_layers must be in 0..{self.num_layers}, got {self.sliding_window_layers}")
+        if self.sliding_window_layers and self.kind != "causal":
+            raise ValueError(f"sliding_window_layers applies to the causal kind only, got kind {self.kind!r}")
+        if self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be at least 1 token, got {self.sliding_window}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.max_seq_length > self.max_position_embeddings:
