@@ -189,6 +189,26 @@ def test_generative_run_both_scoring_modes(gen_run):
     np.testing.assert_allclose([p["probs"] for p in one], [p["probs"] for p in ranked], atol=1e-5)
 
 
+def test_sliding_window_base_scores_the_same_in_any_batch(tiny_corpus_file, tiny_model_config, tmp_path):
+    """The embedded causal base's kind (Qwen2, bottom layer on a sliding window): left-padded batches give the same
+    answers and scores as one review at a time, in every scoring mode (a padding-blind window would not)."""
+    from reviewtune.models.pretraining import pretrain
+    from reviewtune.training.arguments import PretrainArguments
+
+    args = PretrainArguments(kind="causal", corpus_file=str(tiny_corpus_file), **{**tiny_model_config,
+                             "sliding_window_layers": 1, "sliding_window": 3})  # fmt: skip
+    pretrain(args, tmp_path / "base")
+    system = load_system(make_generative_run(tmp_path / "run", tmp_path / "base"))
+    assert type(system.model.get_base_model()).__name__ == "Qwen2ForCausalLM"
+    records = test_records()
+    for scoring in ("generate", "loglik", "constrained"):
+        four, one = (predict(system, records, scoring=scoring, batch_size=b, progress=False) for b in (4, 1))
+        _check_format(four, records)
+        assert [p["label"] for p in four] == [p["label"] for p in one], scoring
+        if scoring == "loglik":
+            np.testing.assert_allclose([p["probs"] for p in four], [p["probs"] for p in one], atol=1e-5)
+
+
 def test_malformed_generations_are_invalid_not_errors(gen_run, monkeypatch):
     system = load_system(gen_run)
     answers = [" 긍정", "부정", "좋아요", "", "긍정 긍정", "매우긍정"]
