@@ -190,6 +190,26 @@ def test_padded_batches_equal_one_at_a_time_and_both_attention_paths(causal, mon
     )
 
 
+def test_sliding_window_models_score_as_one_sequence_per_pair(tiny_causal_dir, tiny_corpus_file, tiny_model_config,
+                                                              tmp_path):  # fmt: skip
+    """A label tree's 4D mask cannot carry a sliding window (transformers uses a custom mask as-is in every layer),
+    so models with sliding-window layers (the embedded causal base, Gemma 2/3, Mistral) are scored one sequence per
+    pair: the same scores as the reference rule, in any batch."""
+    from reviewtune.models.pretraining import pretrain
+    from reviewtune.training.arguments import PretrainArguments
+
+    args = PretrainArguments(kind="causal", corpus_file=str(tiny_corpus_file), **{**tiny_model_config,
+                             "sliding_window_layers": 1, "sliding_window": 3})  # fmt: skip
+    pretrain(args, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    eos = tokenizer.eos_token_id
+    ref = [[_reference_loglik(model, tokenizer, p, c, [eos]) for c in LABELS] for p in MERGE_PROMPTS]
+    for batch_size in (1, 4):
+        scores = label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=batch_size, progress=False)
+        np.testing.assert_allclose(scores, ref, atol=1e-4)
+
+
 def test_each_prompt_is_read_once_and_only_scored_positions_are_projected(causal):
     model, tokenizer = causal
     calls, projected = [], []

@@ -23,6 +23,19 @@ from reviewtune.prompt_format import PLAIN, answer_end_ids
 TREE_ATTENTION = ("sdpa", "eager")
 
 
+def has_sliding_window(config) -> bool:
+    """Whether some layers of the model attend to a sliding window (Gemma 2/3, Mistral, the embedded causal base).
+
+    transformers uses a custom 4D mask as-is in every layer, window or not, so a label tree's mask would let
+    those layers see past their window: such models are scored one sequence per (prompt, label) pair.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "sliding_window", None) is None:
+        return False
+    layer_types = getattr(text, "layer_types", None)
+    return not layer_types or "sliding_attention" in layer_types
+
+
 def _pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
@@ -206,7 +219,9 @@ def label_loglik(
 
     Each prompt is read once: one forward pass per batch of ``batch_size`` prompts reads every prompt followed
     by its labels as a token tree (shared label prefixes once), each label attending to the prompt and its own
-    earlier tokens only, and only the scored positions are projected to the vocabulary.
+    earlier tokens only, and only the scored positions are projected to the vocabulary. Models with
+    sliding-window layers, and attention implementations that take no custom mask, read one right-padded
+    sequence per (prompt, label) pair instead (same scores).
     """
     n_p, n_c = len(prompts), len(completions)
     scores = np.zeros((n_p, n_c), dtype=np.float64)
@@ -215,7 +230,8 @@ def label_loglik(
     model.eval()
     end = answer_end_ids(tokenizer, PLAIN) if end_ids is None else [int(t) for t in end_ids]
     pad_id = _pad_id(tokenizer)
-    tree_attention = getattr(model.config, "_attn_implementation", "eager") in TREE_ATTENTION
+    attention = getattr(model.config, "_attn_implementation", "eager")
+    tree_attention = attention in TREE_ATTENTION and not has_sliding_window(model.config)
     score_batch = _tree_scores if tree_attention else _pair_scores
     prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     order = sorted(range(n_p), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
