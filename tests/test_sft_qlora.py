@@ -461,5 +461,7 @@ def test_card_repeats_the_runs_trust_remote_code_setting(qlora_run):
 
     out, summary = qlora_run
     assert "trust_remote_code" not in _loading_section(out, summary, TASK, "run")  # off unless the run asked
-    asked = {**summary, "config": {**summary["config"], "trust_remote_code": True}}
-    assert "pass `trust_remote_code=True` to the plain transformers loads" in _loading_section(out, asked, TASK, "run")
+    recorded = True  # the value the run recorded, repeated by the card (never a literal the card hard-codes)
+    asked = {**summary, "config": {**summary["config"], "trust_remote_code": recorded}}
+    expected = f"pass `trust_remote_code={recorded}` to the plain transformers loads"
+    assert expected in _loading_section(out, asked, TASK, "run")
