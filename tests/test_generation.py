@@ -193,8 +193,8 @@ def test_padded_batches_equal_one_at_a_time_and_both_attention_paths(causal, mon
 def test_sliding_window_models_score_as_one_sequence_per_pair(tiny_causal_dir, tiny_corpus_file, tiny_model_config,
                                                               tmp_path):  # fmt: skip
     """A label tree's 4D mask cannot carry a sliding window (transformers uses a custom mask as-is in every layer),
-    so models with sliding-window layers (the embedded causal base, Gemma 2/3, Mistral) are scored one sequence per
-    pair: the same scores as the reference rule, in any batch."""
+    so sequences longer than a sliding-window model's window (the embedded causal base, Gemma 2/3, Mistral) are
+    scored one per pair: the same scores as the reference rule, in any batch; shorter ones read as a tree."""
     from reviewtune.models.pretraining import pretrain
     from reviewtune.training.arguments import PretrainArguments
 
@@ -208,6 +208,17 @@ def test_sliding_window_models_score_as_one_sequence_per_pair(tiny_causal_dir, t
     for batch_size in (1, 4):
         scores = label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=batch_size, progress=False)
         np.testing.assert_allclose(scores, ref, atol=1e-4)
+    # A window no sequence reaches past: the tree (one forward pass per batch) gives the reference scores too.
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, sliding_window=512).eval()
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(1), with_kwargs=True)
+    try:
+        scores = label_loglik(model, tokenizer, MERGE_PROMPTS, LABELS, batch_size=len(MERGE_PROMPTS), progress=False)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    ref = [[_reference_loglik(model, tokenizer, p, c, [eos]) for c in LABELS] for p in MERGE_PROMPTS]
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
 
 
 def test_each_prompt_is_read_once_and_only_scored_positions_are_projected(causal):

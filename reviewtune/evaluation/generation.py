@@ -23,17 +23,17 @@ from reviewtune.prompt_format import PLAIN, answer_end_ids
 TREE_ATTENTION = ("sdpa", "eager")
 
 
-def has_sliding_window(config) -> bool:
-    """Whether some layers of the model attend to a sliding window (Gemma 2/3, Mistral, the embedded causal base).
+def sliding_window(config) -> int | None:
+    """The attention window of the model's sliding-window layers (Gemma 2/3, Mistral, the embedded causal base),
+    ``None`` when every layer attends to the whole sequence.
 
-    transformers uses a custom 4D mask as-is in every layer, window or not, so a label tree's mask would let
-    those layers see past their window: such models are scored one sequence per (prompt, label) pair.
+    transformers uses a custom 4D mask as-is in every layer, window or not: a label tree's mask is only right for
+    such a model while every sequence fits in the window, and longer ones are scored one sequence per pair.
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if getattr(text, "sliding_window", None) is None:
-        return False
+    window = getattr(text, "sliding_window", None)
     layer_types = getattr(text, "layer_types", None)
-    return not layer_types or "sliding_attention" in layer_types
+    return window if window is not None and (not layer_types or "sliding_attention" in layer_types) else None
 
 
 def _pad_id(tokenizer) -> int:
@@ -219,9 +219,9 @@ def label_loglik(
 
     Each prompt is read once: one forward pass per batch of ``batch_size`` prompts reads every prompt followed
     by its labels as a token tree (shared label prefixes once), each label attending to the prompt and its own
-    earlier tokens only, and only the scored positions are projected to the vocabulary. Models with
-    sliding-window layers, and attention implementations that take no custom mask, read one right-padded
-    sequence per (prompt, label) pair instead (same scores).
+    earlier tokens only, and only the scored positions are projected to the vocabulary. Attention
+    implementations that take no custom mask, and batches longer than a sliding-window model's window, read one
+    right-padded sequence per (prompt, label) pair instead (same scores).
     """
     n_p, n_c = len(prompts), len(completions)
     scores = np.zeros((n_p, n_c), dtype=np.float64)
@@ -230,9 +230,8 @@ def label_loglik(
     model.eval()
     end = answer_end_ids(tokenizer, PLAIN) if end_ids is None else [int(t) for t in end_ids]
     pad_id = _pad_id(tokenizer)
-    attention = getattr(model.config, "_attn_implementation", "eager")
-    tree_attention = attention in TREE_ATTENTION and not has_sliding_window(model.config)
-    score_batch = _tree_scores if tree_attention else _pair_scores
+    tree_attention = getattr(model.config, "_attn_implementation", "eager") in TREE_ATTENTION
+    window = sliding_window(model.config)
     prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     order = sorted(range(n_p), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
     bar = tqdm(total=n_p, desc="Scoring labels", unit="review", disable=not progress)
@@ -243,7 +242,9 @@ def label_loglik(
         ]
         trees = [_label_tree(prompt_ids[i], fulls[k * n_c : (k + 1) * n_c], end, completions, i)
                  for k, i in enumerate(idx)]  # fmt: skip
-        scores[idx] = score_batch(model, pad_id, trees, batch_size)
+        longest = max(len(seq) for tree in trees for seq in tree.sequences)
+        use_tree = tree_attention and (window is None or longest <= window)
+        scores[idx] = (_tree_scores if use_tree else _pair_scores)(model, pad_id, trees, batch_size)
         bar.update(len(idx))
     bar.close()
     return scores
