@@ -145,9 +145,14 @@ class Built(NamedTuple):
 
 def build_sft(recipe: ModuleType, argv: list[str]) -> Built:
     """The SFT recipe's trainer on its train split, built as ``recipes/sft_qlora.py`` ``main()`` builds it."""
-    from trl import SFTTrainer, get_peft_config
+    from trl import SFTTrainer
 
-    from reviewtune.models.loading import adapters_follow_compute_dtype, check_configuration, load_causal_lm
+    from reviewtune.models.loading import (
+        adapters_follow_compute_dtype,
+        check_configuration,
+        load_causal_lm,
+        peft_config_for,
+    )
     from reviewtune.prompt_format import with_prompt_format
     from reviewtune.training.sft_examples import check_packing, instruction_dataset
 
@@ -163,9 +168,7 @@ def build_sft(recipe: ModuleType, argv: list[str]) -> Built:
     model = load_causal_lm(model_path, model_args, training_args)
     if training_args.packing or training_args.padding_free:
         check_packing(model, tokenizer, dataset)
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None and peft_config.modules_to_save:
-        peft_config.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
+    peft_config = peft_config_for(model, model_args)
 
     def make(callbacks: list[TrainerCallback]) -> Trainer:
         trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,

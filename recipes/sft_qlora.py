@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from transformers import set_seed
-from trl import SFTTrainer, get_peft_config
+from trl import SFTTrainer
 
 from reviewtune.cli import run_cli
 from reviewtune.evaluation.as_scored import harness_generation_config
@@ -47,6 +47,7 @@ from reviewtune.models.loading import (
     load_trained_for_generation,
     merge_adapter,
     outside_zero3,
+    peft_config_for,
     training_method,
 )
 from reviewtune.prompt_format import with_prompt_format
@@ -119,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_packing(model, tokenizer, train_dataset)
 
     # Trainer (fully trained modules, e.g. embed_tokens of a small base, stay tied to the output embeddings)
-    peft_config = get_peft_config(model_args)
-    if peft_config is not None and peft_config.modules_to_save:
-        peft_config.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
+    peft_config = peft_config_for(model, model_args)
     # Learning curves: losses, and greedy answers to validation reviews scored as the harness scores them
     curve_records = [] if is_sharded(mode) else data.records["validation"][: script_args.curve_samples]
     metric = generative_metric(tokenizer, task, curve_records, max_length, script_args.generation_batch_size)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import str_to_bool
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainingArguments
-from trl import ModelConfig
+from trl import ModelConfig, get_peft_config
 
 from reviewtune.atomic import atomic_directory, atomic_write_json
 from reviewtune.models.quantization import compute_dtype, load_pretrained, nf4_config
@@ -157,6 +157,15 @@ def load_causal_lm(model_path: str, model_args: ModelConfig, training_args: Trai
     if training_method(model_args) == "qlora" and not is_sharded(distributed_mode(training_args)):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def peft_config_for(model, model_args: ModelConfig):
+    """trl's ``get_peft_config(model_args)`` (``None`` without LoRA), with fully trained modules (``modules_to_save``,
+    e.g. embed_tokens of a small base) kept tied to the output embeddings when the model ties them."""
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and peft_config.modules_to_save:
+        peft_config.ensure_weight_tying = bool(model.config.get_text_config().tie_word_embeddings)
+    return peft_config
 
 
 def adapters_follow_compute_dtype(model, training_args: TrainingArguments) -> None:
