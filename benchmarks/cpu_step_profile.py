@@ -180,12 +180,17 @@ def build_sft(recipe: ModuleType, argv: list[str]) -> Built:
 
 
 def build_classifier(recipe: ModuleType, argv: list[str]) -> Built:
-    """The classifier recipe's first model (keywords for aspects), built as ``train_head`` in
-    ``recipes/classify_roberta.py`` builds it."""
+    """The classifier recipe's first model (for aspects the keyword-attention model, or with ``aspect_model: pair``
+    the keywords model), built as ``train_head`` in ``recipes/classify_roberta.py`` builds it."""
     from peft import get_peft_model
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        DataCollatorWithPadding,
+    )
 
     from reviewtune.training.classifier_heads import (
+        KEYWORD_ATTENTION,
         build_examples,
         class_weights,
         heads_for_task,
@@ -201,21 +206,23 @@ def build_classifier(recipe: ModuleType, argv: list[str]) -> Built:
     task = task_from_args(data_args)
     data = load_recipe_data(data_args, task, training_args)
     model_path, _ = resolve_base_model("roberta", model_args, data.files["train"])
-    head = heads_for_task(task)[0]
+    head = heads_for_task(task, clf_args.aspect_model)[0]
     training_args = dataclasses.replace(training_args, label_names=["labels"])
     side = "left" if head.name == "keyword_sentiment" else "right"
     tokenizer = load_tokenizer(model_path, model_args, clf_args.trust_remote_code, truncation_side=side)
     set_seed(training_args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    token_level = head.problem_type == KEYWORD_ATTENTION
+    model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    model = model_class.from_pretrained(
         model_path, num_labels=head.num_labels, id2label=head.id2label, label2id=head.label2id,
-        problem_type=head.problem_type, revision=model_args.model_revision,
+        **({} if token_level else {"problem_type": head.problem_type}), revision=model_args.model_revision,
         trust_remote_code=clf_args.trust_remote_code, dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation)  # fmt: skip
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     max_length = model_max_length(model.config, clf_args.max_length)
     if method == "lora":
-        model = get_peft_model(model, lora_config(model_args))
+        model = get_peft_model(model, lora_config(model_args, "TOKEN_CLS" if token_level else "SEQ_CLS"))
     examples = build_examples(data.records["train"], task, head)
     weights = class_weights(examples, head, clf_args.class_weights, clf_args.max_class_weight)
     dataset = tokenize_examples(examples, tokenizer, max_length, desc=f"Tokenising {head.name} train")[0]

@@ -10,16 +10,19 @@ A config plus command-line overrides (any data / classifier / TrainingArguments 
     accelerate launch recipes/classify_roberta.py --config recipes/configs/classify_klue_roberta_base_nsmc.yaml \
         --num_train_epochs 2 --use_peft false
 
-Heads come from the task (``reviewtune.classifier.heads_for_task``): ``sentiment`` / ``sentiment5``
-(single-label), ``regression`` (the record's score) and ``aspects``: a multi-label ``keywords`` model
-and a ``keyword_sentiment`` model over (review, keyword) pairs, trained into ``output_dir/keywords/``
-and ``output_dir/keyword_sentiment/`` with one top-level ``run_summary.json`` naming both.
+Heads come from the task (``reviewtune.training.classifier_heads.heads_for_task``): ``sentiment`` / ``sentiment5``
+(single-label), ``regression`` (the record's score) and ``aspects``: by default one token-classification model
+read by keyword attention (each keyword's presence and, from the tokens that reveal it, its polarity:
+``reviewtune.evaluation.keyword_attention``); with ``--aspect_model pair`` a multi-label ``keywords`` model and a
+``keyword_sentiment`` model over (review, keyword) pairs, trained into ``output_dir/keywords/`` and
+``output_dir/keyword_sentiment/`` with one top-level ``run_summary.json`` naming both.
 
 Each model directory holds the complete model that ``transformers.pipeline("text-classification", model=DIR)``
 loads with its label names (a LoRA run: the adapter merged into its base; the adapter itself in ``DIR/adapter/``),
 the tokenizer, ``task_spec.json``, ``token_freqs.json``, ``classification_report.json``,
-``run_summary.json`` and, for keywords, ``thresholds.json``. Re-launching into the same
-``output_dir`` resumes each model from its last checkpoint.
+``run_summary.json`` and, for keywords, ``thresholds.json``. A keyword-attention model is an
+``AutoModelForTokenClassification`` (with ``thresholds.json``), scored through ``reviewtune.evaluation.systems``.
+Re-launching into the same ``output_dir`` resumes each model from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from accelerate import PartialState
 from peft import get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     set_seed,
@@ -54,6 +58,7 @@ from reviewtune.training.arguments import ClassifierArguments, DataArguments
 from reviewtune.training.callbacks import EvaluationKeepsRng, TrainingClock
 from reviewtune.training.classifier_heads import (
     ASPECT_COMPONENTS,
+    KEYWORD_ATTENTION,
     MULTI_LABEL,
     Head,
     build_examples,
@@ -133,16 +138,18 @@ def main(argv: list[str] | None = None) -> dict:
     # Base model: the suite's embedded RoBERTa pre-trained on this train file, or a named checkpoint
     model_path, base_hash = resolve_base_model("roberta", model_args, data.files["train"])
 
-    # Train each head (one, or keywords + keyword_sentiment for aspects)
+    # Train each head (one, or keywords + keyword_sentiment for aspect_model: pair)
     args = dict(data_args=data_args, clf_args=clf_args, training_args=training_args, model_args=model_args)
+    heads = heads_for_task(task, clf_args.aspect_model)
     components = {
-        head.name: train_head(head, task, data, model_path=model_path, base_hash=base_hash, method=method, **args)
-        for head in heads_for_task(task)
+        head.name: train_head(head, task, data, model_path=model_path, base_hash=base_hash, method=method,
+                              single=len(heads) == 1, **args)  # fmt: skip
+        for head in heads
     }
     out = Path(training_args.output_dir)
     all_kept = all([c.pop("kept", False) for c in components.values()])  # every model already complete
-    if task.name != "aspects":
-        summary = components[task.name]
+    if len(heads) == 1:
+        summary = components[heads[0].name]
     elif training_args.process_index != 0:
         PartialState().wait_for_everyone()  # every process leaves together, after rank 0's writes
         return {}
@@ -157,18 +164,19 @@ def main(argv: list[str] | None = None) -> dict:
         print_samples(out, task, data.test_or_validation, clf_args.num_sample_predictions)
         print(f"\nRun directory: {out}\nRun summary:   {out / 'run_summary.json'}")
         print(f"Report:        {out / 'classification_report.json'}")
-        for name, s in components.items():
-            where = out if task.name != "aspects" else out / name
-            print(f"{name}: pipeline('text-classification', model='{where / s['pipeline_model']}')")
+        for head, s in zip(heads, components.values(), strict=True):
+            where = out if len(heads) == 1 else out / head.name
+            if head.problem_type != KEYWORD_ATTENTION:
+                print(f"{head.name}: pipeline('text-classification', model='{where / s['pipeline_model']}')")
         print(f"Metrics: {summary['metrics']}")
     PartialState().wait_for_everyone()
     return summary
 
 
-def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None, method: str, data_args, clf_args,
-               training_args, model_args) -> dict:  # fmt: skip
-    """Train, save and evaluate one model into its directory; returns its run summary."""
-    single = task.name != "aspects"
+def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None, method: str, single: bool,
+               data_args, clf_args, training_args, model_args) -> dict:  # fmt: skip
+    """Train, save and evaluate one model into its directory (``output_dir`` itself when ``single``); returns its
+    run summary."""
     output_dir = Path(training_args.output_dir) if single else Path(training_args.output_dir) / head.name
     metric = head.default_metric if clf_args.early_stopping_metric == "auto" else clf_args.early_stopping_metric
     training_args = dataclasses.replace(
@@ -190,14 +198,16 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
     side = "left" if head.name == "keyword_sentiment" else "right"  # saved with the tokenizer
     tokenizer = load_tokenizer(model_path, model_args, clf_args.trust_remote_code, truncation_side=side)
 
-    # Model: a fresh head with the label names in the config (id2label), LoRA SEQ_CLS with the head in full
+    # Model: a fresh head with the label names in the config (id2label), LoRA SEQ_CLS / TOKEN_CLS with the head in full
     set_seed(training_args.seed)  # each model starts from the same seed, whatever was trained before it
-    model = AutoModelForSequenceClassification.from_pretrained(
+    token_level = head.problem_type == KEYWORD_ATTENTION
+    model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+    model = model_class.from_pretrained(
         model_path,
         num_labels=head.num_labels,
         id2label=head.id2label,
         label2id=head.label2id,
-        problem_type=head.problem_type,
+        **({} if token_level else {"problem_type": head.problem_type}),
         revision=model_args.model_revision,
         trust_remote_code=clf_args.trust_remote_code,
         dtype=model_args.dtype,
@@ -207,7 +217,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
         model.config.pad_token_id = tokenizer.pad_token_id
     max_length = model_max_length(model.config, clf_args.max_length)
     if method == "lora":
-        model = get_peft_model(model, lora_config(model_args))
+        model = get_peft_model(model, lora_config(model_args, "TOKEN_CLS" if token_level else "SEQ_CLS"))
     trainable_params, total_params = run_directory.count_parameters(model)
     logger.info("%s: trainable params %d / total %d", head.name, trainable_params, total_params)
 
@@ -290,7 +300,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
     }
     if trainer.is_world_process_zero():
         if thresholds is not None:
-            by_keyword = dict(zip(head.label_names, thresholds, strict=True))
+            by_keyword = dict(zip(head.keywords or head.label_names, thresholds, strict=True))
             save_thresholds(output_dir, by_keyword, tuned=clf_args.tune_thresholds, tuned_on="validation")
         atomic_write_json(
             output_dir / "classification_report.json",
@@ -342,11 +352,12 @@ def evaluate_head(trainer, head: Head, tokenized: dict, clf_args) -> tuple[dict,
     # orders evaluation batches by length, so predictions are not in dataset order.
     gold = {split: p.label_ids for split, p in predictions.items()}
     thresholds, report = None, {}
-    if head.problem_type == MULTI_LABEL:
+    if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):  # keyword presence: per-keyword thresholds
+        keywords = list(head.keywords or head.label_names)
         val_probs = probabilities(predictions["validation"].predictions, head)
-        tuned = clf_args.tune_thresholds
-        by_keyword = tune_thresholds(val_probs, gold["validation"], list(head.label_names)) if tuned else {}
-        thresholds = [by_keyword.get(k, DEFAULT_THRESHOLD) for k in head.label_names]
+        val_gold = gold["validation"][:, : len(keywords)]
+        by_keyword = tune_thresholds(val_probs, val_gold, keywords) if clf_args.tune_thresholds else {}
+        thresholds = [by_keyword.get(k, DEFAULT_THRESHOLD) for k in keywords]
         for split in predictions:
             report[f"{split}_threshold_0.5"] = head_metrics(head, predictions[split].predictions, gold[split])
     for split in predictions:

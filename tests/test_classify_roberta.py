@@ -13,9 +13,11 @@ import torch
 
 from reviewtune.atomic import read_json
 from reviewtune.data.splits import hold_out_validation
+from reviewtune.evaluation.keyword_attention import aspects_from_pooled, keyword_attention
 from reviewtune.records import load_task_records, make_record, write_records
 from reviewtune.tasks import get_task
 from reviewtune.training.classifier_heads import (
+    KEYWORD_ATTENTION,
     MULTI_LABEL,
     REGRESSION,
     SINGLE_LABEL,
@@ -24,7 +26,9 @@ from reviewtune.training.classifier_heads import (
     head_metrics,
     heads_for_task,
     lora_config,
+    loss_normaliser,
     model_max_length,
+    weighted_loss,
 )
 from reviewtune.training.run_directory import SUMMARY_KEYS
 from reviewtune.training.thresholds import load_thresholds, save_thresholds, tune_thresholds
@@ -131,7 +135,10 @@ def assert_model_cards(run_dir: Path, method: str):
     for section in ("## Task", "## Data", "## Training", "## Results", "## Reproduce", "## How to load"):
         assert section in card.text, section
     assert "accelerate launch recipes/classify_roberta.py" in card.text
-    assert f'pipeline("text-classification", model="{run_dir}' in card.text
+    if read_json(run_dir / "run_summary.json")["head"] == KEYWORD_ATTENTION:  # loaded through the harness
+        assert f'load_as_scored("{run_dir}")' in card.text
+    else:
+        assert f'pipeline("text-classification", model="{run_dir}' in card.text
     if method == "lora":
         assert ModelCard.load(run_dir / "adapter" / "README.md").data.library_name == "peft"
     for readme in run_dir.glob("**/README.md"):
@@ -155,10 +162,16 @@ def test_heads_follow_the_tasks():
     ]
     assert heads_for_task(get_task("sentiment5"))[0].num_labels == 5
     assert heads_for_task(get_task("regression"))[0].problem_type == REGRESSION
-    keywords, polarity = heads_for_task(get_task("aspects", keywords=KEYWORDS))
+    keywords, polarity = heads_for_task(get_task("aspects", keywords=KEYWORDS), "pair")
     assert (keywords.name, keywords.problem_type, keywords.label_names) == ("keywords", MULTI_LABEL, tuple(KEYWORDS))
     assert (polarity.name, polarity.label_names) == ("keyword_sentiment", ("-2", "-1", "0", "1", "2"))
     assert (keywords.default_metric, polarity.default_metric) == ("micro_f1", "macro_f1")
+    [aspects] = heads_for_task(get_task("aspects", keywords=KEYWORDS[:2]))  # the default: keyword attention
+    assert (aspects.name, aspects.problem_type, aspects.default_metric) == ("aspects", KEYWORD_ATTENTION, "exact_match")
+    assert aspects.label_names == ("가격", "디자인", *(f"{k}{p}" for k in ("가격", "디자인") for p in (-2, -1, 0, 1, 2)))
+    assert (aspects.keywords, aspects.polarities) == (("가격", "디자인"), (-2, -1, 0, 1, 2))
+    with pytest.raises(ValueError, match="aspect_model must be one of keyword_attention, pair"):
+        heads_for_task(get_task("aspects", keywords=KEYWORDS), "pairs")
 
 
 def test_examples_per_head_and_class_weights():
@@ -169,7 +182,7 @@ def test_examples_per_head_and_class_weights():
         make_record("b", "가격 좋아요", aspects=[{"keyword": "가격", "polarity": 1}]),
         make_record("c", "그냥 그래요", aspects=[]),
     ]  # fmt: skip
-    kw_head, pol_head = heads_for_task(task)
+    kw_head, pol_head = heads_for_task(task, "pair")
     kw = build_examples(recs, task, kw_head)
     assert [e["labels"] for e in kw] == [[0, 0, 1, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
     pol = build_examples(recs, task, pol_head)
@@ -186,6 +199,54 @@ def test_examples_per_head_and_class_weights():
     assert class_weights(pol, pol_head, "balanced", 10.0) == [1.0, 0.6, 1.0, 0.6, 0.6]
     assert class_weights(pol, pol_head, "balanced", 1.5) == [1.0, 0.666667, 1.0, 0.666667, 0.666667]
     assert class_weights(pol, pol_head, "none", 10.0) is None
+    # keyword attention: one example per review, K presence flags then K polarity indices (-100: absent)
+    [ka_head] = heads_for_task(task)
+    ka = build_examples(recs, task, ka_head)
+    assert [e["text"] for e in ka] == [r["text"] for r in recs]
+    assert ka[0]["labels"] == [0, 0, 1, 0, 1, -100, -100, 4, -100, 1]
+    assert ka[2]["labels"] == [0] * 5 + [-100] * 5
+    assert class_weights(ka, ka_head, "balanced", 10.0) == [2.0, 1.0, 2.0, 1.0, 2.0]  # presence: as keywords
+
+
+def test_keyword_attention_pools_over_real_tokens_only():
+    """Presence = logsumexp of a keyword's token scores; polarity = its polarity logits averaged under the softmax of
+    those scores; padding takes no part, whatever its logits."""
+    k, p = 2, 3
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, k + k * p)
+    padded = torch.cat([logits, torch.full((1, 2, k + k * p), 50.0)], dim=1)
+    pooled = keyword_attention(logits, torch.ones(1, 4, dtype=torch.long), k)
+    pooled_padded = keyword_attention(padded, torch.tensor([[1, 1, 1, 1, 0, 0]]), k)
+    torch.testing.assert_close(pooled_padded, pooled)
+    s, z = logits[0, :, :k], logits[0, :, k:].view(4, k, p)
+    for j in range(k):  # by hand, keyword j
+        w = torch.exp(s[:, j]) / torch.exp(s[:, j]).sum()
+        torch.testing.assert_close(pooled[0, j], torch.log(torch.exp(s[:, j]).sum()))
+        torch.testing.assert_close(pooled[0, k + j * p : k + (j + 1) * p], (w[:, None] * z[:, j]).sum(0))
+    # decisions: presence probability >= the keyword's threshold, the polarity of the largest pooled logit
+    rows = np.array([[2.0, -2.0, 0.1, 0.9, 0.0, 0.0, 0.0, 0.0], [-1.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0]])
+    assert aspects_from_pooled(rows, np.array([0.5, 0.5]), ["가격", "배송"], [-1, 0, 1]) == [
+        [{"keyword": "가격", "polarity": 0}], [{"keyword": "배송", "polarity": 1}]]  # fmt: skip
+    assert aspects_from_pooled(rows, np.array([0.9, 0.5]), ["가격", "배송"], [-1, 0, 1])[0] == []
+
+
+def test_keyword_attention_loss_adds_up_over_micro_batches():
+    """Per review: presence BCE averaged over keywords + polarity cross-entropy summed over its keywords. Divided by
+    the whole batch's normaliser, micro-batch losses add up to the batch's loss (gradient accumulation)."""
+    k = 3
+    torch.manual_seed(1)
+    pooled = torch.randn(4, k + k * 5)
+    labels = torch.tensor([[1, 0, 1, 4, -100, 0], [0, 0, 0, -100, -100, -100], [0, 1, 0, -100, 2, -100],
+                           [1, 1, 1, 1, 2, 3]], dtype=torch.float)  # fmt: skip
+    weights = torch.tensor([2.0, 1.0, 3.0])
+    whole = weighted_loss(pooled, labels, KEYWORD_ATTENTION, weights)
+    norm = loss_normaliser(labels, KEYWORD_ATTENTION, weights)
+    parts = sum(weighted_loss(pooled[i : i + 2], labels[i : i + 2], KEYWORD_ATTENTION, weights, norm) for i in (0, 2))
+    torch.testing.assert_close(parts, whole)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(pooled[:, :k], labels[:, :k], pos_weight=weights)
+    ce = torch.nn.functional.cross_entropy(pooled[:, k:].reshape(-1, 5), labels[:, k:].long().flatten(),
+                                           ignore_index=-100, reduction="sum")  # fmt: skip
+    torch.testing.assert_close(whole, bce + ce / 4)
 
 
 def test_load_records_counts_every_dropped_row(tmp_path):
@@ -204,7 +265,7 @@ def test_load_records_counts_every_dropped_row(tmp_path):
 def test_multilabel_metrics_hand_checked():
     """Keyword detection at per-keyword thresholds, checked against hand-counted TP/FP/FN."""
     task = get_task("aspects", keywords=["가격", "배송", "색상"])
-    head = heads_for_task(task)[0]
+    head = heads_for_task(task, "pair")[0]
     y_true = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
     probs = np.array([[0.9, 0.6, 0.4], [0.2, 0.7, 0.1], [0.55, 0.3, 0.2], [0.1, 0.1, 0.8]])
     logits = np.log(probs / (1 - probs))
@@ -328,8 +389,35 @@ def test_regression_run(tmp_path, tiny_roberta_dir):
     assert summary["best_metric"]["name"] == "mse"
 
 
-def test_aspects_two_model_system(tmp_path, tiny_roberta_dir):
+def test_aspects_keyword_attention_model(tmp_path, tiny_roberta_dir):
+    """The default aspect classifier: one LoRA token-classification model; the harness loads it and scores the test
+    split exactly as the recipe's own evaluation did."""
+    from reviewtune.evaluation.metrics import task_metrics
+    from reviewtune.evaluation.predict import predict
+    from reviewtune.evaluation.systems import load_system
+
     out, summary = run_recipe(tmp_path, tiny_roberta_dir, "aspects", "lora", n_train=128)
+    assert (summary["head"], summary["component"], summary.get("components")) == (KEYWORD_ATTENTION, None, None)
+    assert summary["label_names"][: len(KEYWORDS)] == KEYWORDS and len(summary["label_names"]) == 6 * len(KEYWORDS)
+    assert_loss_fell(out)
+    assert_run_dir(out, "lora")
+    assert read_json(out / "config.json")["architectures"] == ["RobertaForTokenClassification"]
+    thresholds = read_json(out / "thresholds.json")["thresholds"]
+    assert list(thresholds) == KEYWORDS and all(0 < t < 1 for t in thresholds.values())
+    system = load_system(out)
+    assert system.components == {} and list(system.thresholds) == [thresholds[k] for k in KEYWORDS]
+    test = load_task_records(tmp_path / "aspects" / "test" / "records.jsonl", system.task)[0]
+    scored = task_metrics(system.task, test, predict(system, test, batch_size=5, progress=False), n_resamples=0)
+    for name in ("micro_f1", "polarity_accuracy", "exact_match"):
+        assert scored[name] == pytest.approx(summary["metrics"]["test"][name]), name
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert "keyword attention" in card.text and "load_as_scored" in card.text
+
+
+def test_aspects_two_model_system(tmp_path, tiny_roberta_dir):
+    out, summary = run_recipe(tmp_path, tiny_roberta_dir, "aspects", "lora", "--aspect_model", "pair", n_train=128)
     assert read_json(out / "run_summary.json") == json.loads(json.dumps(summary, default=str)) | {"schema_version": 1}
     assert summary["components"] == {"keywords": "keywords", "keyword_sentiment": "keyword_sentiment"}
     assert set(SUMMARY_KEYS) - {"schema_version"} <= set(summary)

@@ -27,8 +27,9 @@ STEPS = 6
 GOLDEN_RTOL = 2e-3
 GOLDEN = {
     "sft_qlora": [6.94608, 6.83112, 6.72586, 6.01649, 5.98227, 5.80558],
-    "classify_roberta/keywords": [1.18403, 1.19591, 1.18781, 1.18221, 1.20552, 1.17721],
-    "classify_roberta/keyword_sentiment": [1.61365, 1.61736, 1.60513, 1.61223, 1.61101, 1.61],
+    "classify_roberta/aspects": [5.67191, 5.63933, 5.68502, 5.49464, 5.64102, 5.58495],
+    "classify_roberta/pair/keywords": [1.18403, 1.19591, 1.18781, 1.18221, 1.20552, 1.17721],
+    "classify_roberta/pair/keyword_sentiment": [1.61365, 1.61736, 1.60513, 1.61223, 1.61101, 1.61],
 }
 PHRASES = {2: "최고예요", 1: "좋아요", 0: "보통이에요", -1: "아쉬워요", -2: "별로예요"}
 
@@ -78,10 +79,18 @@ def test_default_sft_recipe_losses(aspect_files, tiny_causal_dir, tmp_path):
 
 
 def test_default_classifier_recipe_losses(aspect_files, tiny_roberta_dir, tmp_path):
-    """recipes/configs/classify_roberta_default.yaml (both aspect models) on the tiny RoBERTa."""
+    """recipes/configs/classify_roberta_default.yaml (the keyword-attention model) on the tiny RoBERTa."""
     argv = [*_common(aspect_files, tiny_roberta_dir, tmp_path / "run"), "--load_best_model_at_end", "false",
             "--early_stopping_patience", "0"]  # fmt: skip
+    summary = _recipe("classify_roberta").main(argv)
+    _check("classify_roberta/aspects", [loss for _, loss in summary["train_loss_history"]])
+
+
+def test_pair_classifier_recipe_losses(aspect_files, tiny_roberta_dir, tmp_path):
+    """The same config with ``aspect_model: pair`` (keywords + keyword_sentiment models) on the tiny RoBERTa."""
+    argv = [*_common(aspect_files, tiny_roberta_dir, tmp_path / "run"), "--load_best_model_at_end", "false",
+            "--early_stopping_patience", "0", "--aspect_model", "pair"]  # fmt: skip
     _recipe("classify_roberta").main(argv)
     for head in ("keywords", "keyword_sentiment"):
         summary = json.loads((tmp_path / "run" / head / "run_summary.json").read_text())
-        _check(f"classify_roberta/{head}", [loss for _, loss in summary["train_loss_history"]])
+        _check(f"classify_roberta/pair/{head}", [loss for _, loss in summary["train_loss_history"]])

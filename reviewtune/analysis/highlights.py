@@ -28,6 +28,7 @@ from scipy.special import expit
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
+from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION, keyword_attention
 from reviewtune.evaluation.predict import predict
 from reviewtune.evaluation.systems import LOGLIK_TASKS, System
 from reviewtune.report.html import MIN_DROP, SPAN_FRACTION, marked_words
@@ -145,7 +146,10 @@ def encoder_outputs(
         enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   return_tensors="pt").to(device)  # fmt: skip
         out = model(**enc, output_hidden_states=hidden)
-        batch_logits = out.logits.float().cpu().numpy()
+        batch_logits = out.logits
+        if system.summary.get("head") == KEYWORD_ATTENTION:  # token logits pooled per keyword
+            batch_logits = keyword_attention(batch_logits, enc["attention_mask"], len(system.task.keywords))
+        batch_logits = batch_logits.float().cpu().numpy()
         if logits is None:
             logits = np.zeros((len(texts), batch_logits.shape[-1]))
         logits[idx] = batch_logits
@@ -165,11 +169,11 @@ def encoder_outputs(
 def keyword_probabilities(
     system: System, texts: list[str], batch_size: int = 64, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid outputs ``[n, K]`` of the aspect classifier's ``keywords`` model and its decision thresholds
-    ``[K]``, both in the task's keyword order."""
+    """Sigmoid outputs ``[n, K]`` of the aspect classifier's keyword presence (its ``keywords`` model, or the
+    keyword-attention model) and its decision thresholds ``[K]``, both in the task's keyword order."""
     if target_kind(system) != "keyword":
         raise NotApplicable(f"{system.run_dir}: keyword probabilities need an aspect classifier run")
-    kw = system.components["keywords"]
+    kw = system.components.get("keywords", system)
     names = [str(kw.model.config.id2label[i]) for i in range(kw.model.config.num_labels)]
     cols = [names.index(k) for k in system.task.keywords]
     logits, _ = encoder_outputs(kw, texts, batch_size, progress=progress)

@@ -11,8 +11,9 @@
 harness loads (the NF4 base + adapter as trained, or ``merged/``), its ``generation_config`` the harness's greedy
 decoding (:func:`harness_generation_config`, the one every merged model is saved with), and the inputs are the
 harness's prompts, cut to the same budget, as text or as a chat turn in the run's prompt format. Classifier runs load
-as scored too: ``pipeline("text-classification", model=system.model, tokenizer=system.tokenizer)`` (aspect runs:
-``system.components["keywords"]`` / ``["keyword_sentiment"]``).
+as scored too: ``pipeline("text-classification", model=system.model, tokenizer=system.tokenizer)`` (two-model aspect
+runs: ``system.components["keywords"]`` / ``["keyword_sentiment"]``; a keyword-attention aspect run is a token
+classifier whose outputs ``reviewtune.evaluation.keyword_attention`` pools: score it with ``predict``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from reviewtune.evaluation.answer_languages import ANSWER_LEAD, task_language
 from reviewtune.evaluation.constrained_decoding import constrained_answers
 from reviewtune.evaluation.generation import generate_answers, label_loglik, loglik_probs
+from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION, aspects_from_pooled, keyword_attention
 from reviewtune.evaluation.prediction_schema import new_prediction
 from reviewtune.evaluation.systems import LOGLIK_TASKS, System, id2label
 from reviewtune.prompt_format import CHAT, add_special_tokens, answer_end_ids, completion_text, model_input, stop_ids
@@ -97,7 +98,8 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
 
 @torch.inference_mode()
 def _classifier_outputs(system: System, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
-    """Raw logits ``[n, num_labels]`` of one classifier, batched by length (dynamic padding)."""
+    """Raw logits ``[n, num_labels]`` of one classifier, batched by length (dynamic padding); a keyword-attention
+    model's token logits pooled per keyword (:func:`keyword_attention`, same width)."""
     model, tok = system.model, system.tokenizer
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -107,8 +109,11 @@ def _classifier_outputs(system: System, texts: list[str], batch_size: int, progr
         idx = order[start : start + batch_size]
         enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   return_tensors="pt")  # fmt: skip
-        out = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
-        logits[idx] = out
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = model(**enc).logits
+        if system.summary.get("head") == KEYWORD_ATTENTION:
+            out = keyword_attention(out, enc["attention_mask"], len(system.task.keywords))
+        logits[idx] = out.float().cpu().numpy()
         bar.update(len(idx))
     bar.close()
     return logits
@@ -132,7 +137,7 @@ def _label_order(model_labels: list[str], wanted: list[str], what: str) -> list[
 def _predict_classifier(system: System, records: list[dict], batch_size: int, progress: bool) -> list[dict]:
     task = system.task
     texts = [r["text"] for r in records]
-    first = system.components["keywords"] if task.name == "aspects" else system
+    first = system.components.get("keywords", system)
     out = [new_prediction(r["id"], shortened=cut) for r, cut in zip(records, _cut_to_limit(first, texts), strict=True)]
     if task.name == "regression":
         logits = _classifier_outputs(system, texts, batch_size, progress, "Classifying")
@@ -145,7 +150,13 @@ def _predict_classifier(system: System, records: list[dict], batch_size: int, pr
         for pred, row in zip(out, probs, strict=True):
             pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
         return out
-    # aspects: detect keywords (sigmoid >= per-keyword threshold), then one polarity per detected keyword.
+    if system.summary.get("head") == KEYWORD_ATTENTION:  # aspects, one model: presence and polarity per keyword
+        pooled = _classifier_outputs(system, texts, batch_size, progress, "Classifying")
+        for pred, a in zip(out, aspects_from_pooled(pooled, system.thresholds, task.keywords, task.polarities),
+                           strict=True):  # fmt: skip
+            pred["aspects"] = a
+        return out
+    # aspects, two models: detect keywords (sigmoid >= per-keyword threshold), then one polarity per detected keyword.
     kw, pol = system.components["keywords"], system.components["keyword_sentiment"]
     kw_names = id2label(kw.model)
     detected = expit(_classifier_outputs(kw, texts, batch_size, progress, "Detecting keywords"))

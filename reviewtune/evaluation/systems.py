@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from reviewtune.atomic import read_json
+from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION
 from reviewtune.models.positions import usable_positions
 from reviewtune.models.quantization import compute_dtype, load_pretrained, nf4_config
 from reviewtune.tasks import TaskSpec
@@ -45,7 +46,7 @@ class System:
     model: Any = None  # None for the two-model aspect system (see ``components``)
     tokenizer: Any = None
     components: dict[str, System] = field(default_factory=dict)  # aspect classifier: keywords, keyword_sentiment
-    thresholds: np.ndarray | None = None  # keywords model: one decision threshold per keyword
+    thresholds: np.ndarray | None = None  # keywords / keyword-attention model: one decision threshold per keyword
     max_length: int | None = None  # longest input (tokens) the run trained on
     positions: int | None = None  # longest sequence the model can take at all
     weight_paths: list[Path] = field(default_factory=list)  # every file a deployment needs (size on disk)
@@ -241,16 +242,24 @@ def _load_generative(run_dir: Path, summary: dict, task: TaskSpec, merged: bool,
 
 
 def _load_classifier_model(run_dir: Path, summary: dict):
-    """One sequence classifier: a full model dir, ``merged/``, or a PEFT ``SEQ_CLS`` adapter on its base."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    """One classifier: a full model dir, ``merged/``, or a PEFT adapter on its base. A sequence classifier, or a
+    token classifier for a keyword-attention run (``head: keyword_attention``)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
 
+    token_level = summary.get("head") == KEYWORD_ATTENTION
+    model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     device = _device()
     remote = {"trust_remote_code": _remote_code(summary)}
     # The run names the directory a pipeline loads (``.``; ``merged`` in older LoRA runs): scored as deployed.
     pipeline_model = summary.get("pipeline_model")
     if pipeline_model not in (None, ".") and (run_dir / pipeline_model / "config.json").is_file():
         weights_dir = run_dir / pipeline_model
-        model = AutoModelForSequenceClassification.from_pretrained(weights_dir, dtype=compute_dtype(), **remote)
+        model = model_class.from_pretrained(weights_dir, dtype=compute_dtype(), **remote)
         paths = _weight_files(weights_dir)
         tokenizer_dir = weights_dir
     elif (run_dir / ADAPTER_CONFIG).is_file():
@@ -262,14 +271,14 @@ def _load_classifier_model(run_dir: Path, summary: dict):
         has_config = (run_dir / "config.json").is_file()
         config = AutoConfig.from_pretrained(run_dir, **remote) if has_config else None
         config = config or AutoConfig.from_pretrained(base.name_or_path, **base_kwargs)
-        base_model = AutoModelForSequenceClassification.from_pretrained(
+        base_model = model_class.from_pretrained(
             base.name_or_path, config=config, dtype=compute_dtype(), **base_kwargs
         )
         model = PeftModel.from_pretrained(base_model, run_dir)
         paths = _weight_files(run_dir) + _weight_files(base.local_dir)
         tokenizer_dir = run_dir if (run_dir / "tokenizer_config.json").is_file() else base.local_dir
     elif (run_dir / "config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(run_dir, dtype=compute_dtype(), **remote)
+        model = model_class.from_pretrained(run_dir, dtype=compute_dtype(), **remote)
         paths = _weight_files(run_dir)
         tokenizer_dir = run_dir
     else:
@@ -285,11 +294,12 @@ def id2label(model) -> list[str]:
 
 def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
     components = summary.get("components")
-    if task.name == "aspects":
+    if task.name == "aspects" and summary.get("head") != KEYWORD_ATTENTION:
         if not components or set(components) != {"keywords", "keyword_sentiment"}:
             raise ValueError(
-                f"{run_dir}/run_summary.json: an aspects classifier needs field 'components' naming the "
-                f"'keywords' and 'keyword_sentiment' sub-runs, got {components!r}"
+                f"{run_dir}/run_summary.json: an aspects classifier needs field 'head' set to "
+                f"'{KEYWORD_ATTENTION}', or field 'components' naming the 'keywords' and 'keyword_sentiment' "
+                f"sub-runs, got {components!r}"
             )
         parts = {}
         for name, sub in components.items():
@@ -313,7 +323,12 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
             weight_paths=sorted({p for c in parts.values() for p in c.weight_paths}),
         )
     model, tokenizer, paths = _load_classifier_model(run_dir, summary)
-    return System.of_model(run_dir, "classifier", task, summary, model, tokenizer, weight_paths=paths)
+    system = System.of_model(run_dir, "classifier", task, summary, model, tokenizer, weight_paths=paths)
+    if summary.get("head") == KEYWORD_ATTENTION:
+        if list(id2label(model)[: len(task.keywords)]) != list(task.keywords):
+            raise ValueError(f"{run_dir}: model labels {id2label(model)} do not start with the task's keywords")
+        system.thresholds = load_thresholds(run_dir, task.keywords)
+    return system
 
 
 def load_system(run_dir: str | Path, merged: bool = False, dequantize_nf4: bool | None = None) -> System:

@@ -19,6 +19,7 @@ from reviewtune.tasks import TASKS
 KINDS = ("causal", "roberta")  # base models the suite pre-trains
 TRAINED_MODULES = ("all", "embeddings")  # what pre-training trains
 CLASS_WEIGHT_MODES = ("none", "balanced")
+ASPECT_MODELS = ("keyword_attention", "pair")  # classifier_heads.heads_for_task
 
 
 @dataclass
@@ -85,6 +86,15 @@ class SFTScriptArguments:
 class ClassifierArguments:
     """Options of ``recipes/classify_roberta.py`` beyond data, training and LoRA arguments."""
 
+    aspect_model: str = field(
+        default="keyword_attention",
+        metadata={
+            "help": "Task aspects: keyword_attention (one token-classification model, each keyword's presence and "
+            "polarity read from the tokens that reveal it) or pair (a keywords model + a keyword_sentiment model "
+            "over (review, keyword) pairs).",
+            "choices": list(ASPECT_MODELS),
+        },
+    )
     max_length: int = field(
         default=256, metadata={"help": "Longest input in tokens (capped by the model's positions); longer is cut."}
     )
@@ -109,7 +119,8 @@ class ClassifierArguments:
         default="auto",
         metadata={
             "help": "Validation metric for early stopping and the best checkpoint: auto (macro_f1 for single-label "
-            "heads, micro_f1 for keywords, mse for regression), or a metric name such as accuracy or loss."
+            "heads, micro_f1 for keywords, exact_match for keyword attention, mse for regression), or a metric "
+            "name such as accuracy or loss."
         },
     )
     num_sample_predictions: int = field(
@@ -121,6 +132,8 @@ class ClassifierArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.aspect_model not in ASPECT_MODELS:
+            raise ValueError(f"aspect_model must be one of {', '.join(ASPECT_MODELS)}, got {self.aspect_model!r}")
         if self.class_weights not in CLASS_WEIGHT_MODES:
             raise ValueError(
                 f"class_weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weights!r}"

@@ -4,10 +4,12 @@ One ``Head`` per model the classifier recipe trains:
 
 - ``sentiment`` / ``sentiment5``: single-label (softmax, cross-entropy), labels = the task's label names;
 - ``regression``: one output, mean squared error on the record's ``score``;
-- ``aspects`` is two models: ``keywords`` (multi-label, sigmoid + BCE per keyword, decision thresholds
-  tuned per keyword on validation and saved as ``thresholds.json``) and ``keyword_sentiment`` (single-label
-  over the polarities ``-2..2``, one example per (review, keyword) pair, input
-  ``reviewtune.prompts.keyword_input``).
+- ``aspects`` (``aspect_model: keyword_attention``, the default): one token-classification model read by
+  keyword attention (:func:`keyword_attention`): keyword presence (BCE per keyword, thresholds tuned on
+  validation and saved as ``thresholds.json``) and each keyword's polarity ``-2..2`` from the tokens it attends to;
+- ``aspects`` with ``aspect_model: pair``: two models, ``keywords`` (multi-label, sigmoid + BCE per keyword,
+  thresholds as above) and ``keyword_sentiment`` (single-label over the polarities, one example per (review,
+  keyword) pair, input ``reviewtune.prompts.keyword_input``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit, softmax
 
-from reviewtune.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION, aspects_from_pooled
+from reviewtune.evaluation.metrics import aspect_metrics, classification_metrics, multilabel_metrics, regression_metrics
 from reviewtune.models.positions import usable_positions
 from reviewtune.prompts import keyword_input
 from reviewtune.records import sort_aspects
 from reviewtune.tasks import TaskSpec
-from reviewtune.training.arguments import CLASS_WEIGHT_MODES
+from reviewtune.training.arguments import ASPECT_MODELS, CLASS_WEIGHT_MODES
 from reviewtune.training.thresholds import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:  # both imports cost seconds (they pull in peft), paid by every scoring process
@@ -56,6 +59,12 @@ class Head:
     name: str
     problem_type: str
     label_names: tuple[str, ...]
+    polarities: tuple[int, ...] = ()  # keyword attention: its polarity classes
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """Keyword attention: the keywords (the first labels, one presence score each)."""
+        return self.label_names[: self.num_labels // (1 + len(self.polarities))] if self.polarities else ()
 
     @property
     def num_labels(self) -> int:
@@ -74,11 +83,20 @@ class Head:
         """Validation metric for early stopping when ``early_stopping_metric`` is ``auto``."""
         if self.problem_type == REGRESSION:
             return "mse"
+        if self.problem_type == KEYWORD_ATTENTION:
+            return "exact_match"
         return "micro_f1" if self.problem_type == MULTI_LABEL else "macro_f1"
 
 
-def heads_for_task(task: TaskSpec) -> list[Head]:
-    """The models a task needs: one head, or ``keywords`` + ``keyword_sentiment`` for ``aspects``."""
+def keyword_attention_labels(task: TaskSpec) -> tuple[str, ...]:
+    """Output labels of a keyword-attention model: one presence score per keyword, then per keyword one
+    polarity logit per polarity, named as answer items (``배송``, ..., ``배송-2``, ..., ``배송2``)."""
+    return (*task.keywords, *(f"{k}{p}" for k in task.keywords for p in task.polarities))
+
+
+def heads_for_task(task: TaskSpec, aspect_model: str = KEYWORD_ATTENTION) -> list[Head]:
+    """The models a task needs: one head, or for ``aspects`` with ``aspect_model: pair`` ``keywords`` +
+    ``keyword_sentiment``."""
     if task.name in ("sentiment", "sentiment5"):
         return [Head(task.name, SINGLE_LABEL, tuple(task.label_names))]
     if task.name == "regression":
@@ -86,6 +104,10 @@ def heads_for_task(task: TaskSpec) -> list[Head]:
     if task.name == "aspects":
         if not task.keywords:
             raise ValueError("task aspects needs a keyword list")
+        if aspect_model not in ASPECT_MODELS:
+            raise ValueError(f"aspect_model must be one of {', '.join(ASPECT_MODELS)}, got {aspect_model!r}")
+        if aspect_model == KEYWORD_ATTENTION:
+            return [Head("aspects", KEYWORD_ATTENTION, keyword_attention_labels(task), tuple(task.polarities))]
         return [
             Head("keywords", MULTI_LABEL, tuple(task.keywords)),
             Head("keyword_sentiment", SINGLE_LABEL, tuple(task.polarity_names)),
@@ -110,6 +132,8 @@ def build_examples(records: list[dict], task: TaskSpec, head: Head) -> list[dict
             for r in records
             for a in sort_aspects(r["aspects"], task)
         ]
+    if head.problem_type == KEYWORD_ATTENTION:
+        return [{"text": r["text"], "labels": aspect_label_row(r["aspects"], task)} for r in records]
     if head.name == "keywords":
         col = head.label2id
         examples = []
@@ -124,10 +148,22 @@ def build_examples(records: list[dict], task: TaskSpec, head: Head) -> list[dict
     return [{"text": r["text"], "label": int(r["sentiment"])} for r in records]
 
 
+def aspect_label_row(aspects: list[dict], task: TaskSpec) -> list[float]:
+    """A keyword-attention model's labels for one review: K presence flags (0/1), then K polarity indices
+    (``-100``, ignored by the loss, for an absent keyword)."""
+    k = len(task.keywords)
+    row = [0.0] * k + [-100.0] * k
+    for a in aspects:
+        j = task.keywords.index(a["keyword"])
+        row[j], row[k + j] = 1.0, float(task.polarities.index(a["polarity"]))
+    return row
+
+
 def label_matrix(examples: list[dict], head: Head) -> np.ndarray:
-    """Gold labels of ``examples``: ``[n]`` ints, ``[n]`` floats (regression) or ``[n, K]`` 0/1 (keywords)."""
-    if head.problem_type == MULTI_LABEL:
-        return np.asarray([e["labels"] for e in examples], dtype=float).reshape(len(examples), head.num_labels)
+    """Gold labels of ``examples``: ``[n]`` ints, ``[n]`` floats (regression), ``[n, K]`` 0/1 (keywords) or
+    ``[n, 2K]`` (keyword attention: :func:`aspect_label_row`)."""
+    if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):
+        return np.asarray([e["labels"] for e in examples], dtype=float).reshape(len(examples), -1)
     dtype = float if head.problem_type == REGRESSION else int
     return np.asarray([e["label"] for e in examples], dtype=dtype)
 
@@ -158,8 +194,9 @@ def tokenize_examples(examples: list[dict], tokenizer, max_length: int, desc: st
     return ds.remove_columns("shortened"), n_shortened, n_tokens
 
 
-def lora_config(model_args) -> LoraConfig:
-    """PEFT ``SEQ_CLS`` LoRA from trl's ``ModelConfig`` fields; the head is trained in full (``modules_to_save``).
+def lora_config(model_args, task_type: str = "SEQ_CLS") -> LoraConfig:
+    """PEFT ``SEQ_CLS`` (or ``TOKEN_CLS``) LoRA from trl's ``ModelConfig`` fields; the head is trained in full
+    (``modules_to_save``).
 
     Target modules default to RoBERTa's attention ``query``/``value``; ``all-linear`` adapts every linear
     layer except the head.
@@ -167,7 +204,7 @@ def lora_config(model_args) -> LoraConfig:
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType(task_type),
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
@@ -192,7 +229,9 @@ def class_weights(examples: list[dict], head: Head, mode: str, max_weight: float
         return None
     y = label_matrix(examples, head)
     n = len(examples)
-    if head.problem_type == MULTI_LABEL:
+    if head.problem_type == KEYWORD_ATTENTION:  # presence only: the keywords' pos_weight
+        y = y[:, : y.shape[1] // 2]
+    if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):
         pos = y.sum(axis=0)
         w = np.where(pos > 0, (n - pos) / np.maximum(pos, 1), 1.0)
     else:
@@ -206,6 +245,8 @@ def loss_normaliser(labels: torch.Tensor, problem_type: str, weights: torch.Tens
     as ``F.cross_entropy(weight=...)`` normalises), else the number of examples (or of example x keyword cells)."""
     if problem_type == SINGLE_LABEL and weights is not None:
         return weights.to(labels.device)[labels.long()].sum()
+    if problem_type == KEYWORD_ATTENTION:  # per review
+        return torch.tensor(float(len(labels)), device=labels.device)
     return torch.tensor(float(labels.numel()), device=labels.device)
 
 
@@ -223,16 +264,25 @@ def weighted_loss(
         total = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
     elif problem_type == MULTI_LABEL:
         total = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights, reduction="sum")
+    elif problem_type == KEYWORD_ATTENTION:  # per review: mean presence BCE + summed polarity CE of its keywords
+        k = labels.shape[1] // 2
+        presence, polarity = logits[:, :k].float(), logits[:, k:].float().reshape(len(logits) * k, -1)
+        total = F.binary_cross_entropy_with_logits(presence, labels[:, :k].float(), pos_weight=weights,
+                                                   reduction="sum") / k  # fmt: skip
+        total = total + F.cross_entropy(polarity, labels[:, k:].long().flatten(), ignore_index=-100, reduction="sum")
     else:
         total = F.cross_entropy(logits.float(), labels.long(), weight=weights, reduction="sum")
     return total / (loss_normaliser(labels, problem_type, weights) if normaliser is None else normaliser)
 
 
 def probabilities(logits: np.ndarray, head: Head) -> np.ndarray:
-    """Softmax (single-label), sigmoid (keywords) or the raw score (regression, ``[n]``)."""
+    """Softmax (single-label), sigmoid (keywords; keyword attention: its presence logits, ``[n, K]``) or the raw
+    score (regression, ``[n]``)."""
     logits = np.asarray(logits, dtype=np.float64)
     if head.problem_type == REGRESSION:
         return logits.reshape(len(logits), -1)[:, 0]
+    if head.problem_type == KEYWORD_ATTENTION:
+        return expit(logits[:, : len(head.keywords)])
     if head.problem_type == MULTI_LABEL:
         return expit(logits)
     return softmax(logits, axis=-1)
@@ -243,6 +293,8 @@ def head_metrics(head: Head, logits: np.ndarray, labels: np.ndarray, thresholds:
 
     Keywords are decided by ``prob >= threshold`` per keyword (``thresholds`` in label order, default 0.5).
     """
+    if head.problem_type == KEYWORD_ATTENTION:
+        return keyword_attention_metrics(head, logits, labels, thresholds)
     probs = probabilities(logits, head)
     if head.problem_type == REGRESSION:
         return regression_metrics(np.asarray(labels, dtype=float).tolist(), probs.tolist())
@@ -253,6 +305,17 @@ def head_metrics(head: Head, logits: np.ndarray, labels: np.ndarray, thresholds:
     return classification_metrics(
         np.asarray(labels, dtype=int).tolist(), probs.argmax(axis=-1).tolist(), list(head.label_names), probs.tolist()
     )
+
+
+def keyword_attention_metrics(head: Head, pooled: np.ndarray, labels: np.ndarray, thresholds=None) -> dict:
+    """The harness's aspect metrics (keyword detection, polarity, exact match) of a keyword-attention model's pooled
+    outputs against label rows (:func:`aspect_label_row`), keywords decided as the harness decides them."""
+    keywords, polarities = head.keywords, head.polarities
+    k = len(keywords)
+    t = np.full(k, DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+    gold = [[{"keyword": keywords[j], "polarity": polarities[int(row[k + j])]} for j in np.flatnonzero(row[:k] > 0.5)]
+            for row in np.asarray(labels)]  # fmt: skip
+    return aspect_metrics(gold, aspects_from_pooled(pooled, t, keywords, polarities), keywords)
 
 
 def headline(metrics: dict) -> dict:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from reviewtune.training.classifier_heads import loss_normaliser, weighted_loss
+from reviewtune.evaluation.keyword_attention import keyword_attention
+from reviewtune.training.classifier_heads import KEYWORD_ATTENTION, loss_normaliser, weighted_loss
 
 
 class WeightedLossTrainer(Trainer):
@@ -35,6 +36,8 @@ class WeightedLossTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
+        if self.problem_type == KEYWORD_ATTENTION:  # token logits pooled per keyword; evaluation sees these too
+            outputs["logits"] = keyword_attention(outputs.logits, inputs["attention_mask"], labels.shape[1] // 2)
         weights = self.class_weights.to(outputs.logits.device) if self.class_weights is not None else None
         # Training steps share their accumulated batch's normaliser; evaluation batches use their own.
         normaliser = self._accumulated_normaliser if model.training else None

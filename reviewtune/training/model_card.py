@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from reviewtune.atomic import atomic_write_text, read_json
+from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION
 from reviewtune.tasks import TaskSpec
 from reviewtune.training.serving import ADAPTER_DIR, GENERATION_CONFIG
 
@@ -311,6 +312,18 @@ def _generative_loading(model_dir: Path, summary: dict, task: TaskSpec, part: st
 
 def _classifier_loading(model_dir: Path, summary: dict, task: TaskSpec, part: str) -> str:
     lines = ["## How to load", ""]
+    if summary.get("head") == KEYWORD_ATTENTION:
+        lines += ["One token-classification model (`AutoModelForTokenClassification`), read by keyword attention "
+                  "(`reviewtune/evaluation/keyword_attention.py`): a presence score per keyword (one threshold per "
+                  "keyword in `thresholds.json`) and, from the tokens that reveal the keyword, its polarity. The "
+                  "system as scored:", "", "```python",
+                  "from reviewtune.evaluation.as_scored import load_as_scored",
+                  "from reviewtune.evaluation.predict import predict", "",
+                  f'system = load_as_scored("{model_dir}")',
+                  'predict(system, [{"id": "1", "text": "배송이 빨라요"}])', "```", "",
+                  "A text-classification pipeline cannot read it: its outputs are per token, pooled per keyword by "
+                  "`keyword_attention`."]  # fmt: skip
+        return "\n".join(lines)
     if task.name == "aspects" and part == "run":
         lines += ["Two models: `keywords/` (multi-label, one threshold per keyword in `keywords/thresholds.json`) and "
                   "`keyword_sentiment/` (the polarity of one keyword). The system as scored:", "", "```python",
