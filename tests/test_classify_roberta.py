@@ -168,7 +168,8 @@ def test_heads_follow_the_tasks():
     assert (keywords.default_metric, polarity.default_metric) == ("micro_f1", "macro_f1")
     [aspects] = heads_for_task(get_task("aspects", keywords=KEYWORDS[:2]))  # the default: keyword attention
     assert (aspects.name, aspects.problem_type, aspects.default_metric) == ("aspects", KEYWORD_ATTENTION, "exact_match")
-    assert aspects.label_names == ("가격", "디자인", *(f"{k}{p}" for k in ("가격", "디자인") for p in (-2, -1, 0, 1, 2)))
+    polarity_labels = (f"{k}{p}" for k in ("가격", "디자인") for p in (-2, -1, 0, 1, 2))
+    assert aspects.label_names == ("가격", "디자인", *polarity_labels)
     assert (aspects.keywords, aspects.polarities) == (("가격", "디자인"), (-2, -1, 0, 1, 2))
     with pytest.raises(ValueError, match="aspect_model must be one of keyword_attention, pair"):
         heads_for_task(get_task("aspects", keywords=KEYWORDS), "pairs")

@@ -21,7 +21,6 @@ from scipy.special import expit
 KEYWORD_ATTENTION = "keyword_attention"  # the run summary's ``head`` for such a model
 
 
-
 def keyword_attention(logits: torch.Tensor, attention_mask: torch.Tensor, n_keywords: int) -> torch.Tensor:
     """Pooled outputs ``[B, K + K*P]`` (presence logits, then each keyword's P polarity logits) from token logits
     ``[B, T, K + K*P]``; padding (``attention_mask == 0``) takes no part."""

@@ -163,7 +163,8 @@ def label_matrix(examples: list[dict], head: Head) -> np.ndarray:
     """Gold labels of ``examples``: ``[n]`` ints, ``[n]`` floats (regression), ``[n, K]`` 0/1 (keywords) or
     ``[n, 2K]`` (keyword attention: :func:`aspect_label_row`)."""
     if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):
-        return np.asarray([e["labels"] for e in examples], dtype=float).reshape(len(examples), -1)
+        width = 2 * len(head.keywords) if head.problem_type == KEYWORD_ATTENTION else head.num_labels
+        return np.asarray([e["labels"] for e in examples], dtype=float).reshape(len(examples), width)
     dtype = float if head.problem_type == REGRESSION else int
     return np.asarray([e["label"] for e in examples], dtype=dtype)
 

@@ -11,7 +11,8 @@ from reviewtune.training.classifier_heads import KEYWORD_ATTENTION, loss_normali
 
 
 class WeightedLossTrainer(Trainer):
-    """``Trainer`` with ``classifier_heads.weighted_loss``, normalised over the whole accumulated batch: the
+    """``Trainer`` with ``classifier_heads.weighted_loss`` (on a keyword-attention model: on its token logits pooled
+    per keyword, which evaluation then also receives), normalised over the whole accumulated batch: the
     Trainer's own rule (each micro-batch's mean, divided by the accumulation steps) would weigh examples by their
     micro-batch's class weights, so gradient accumulation would train another model than one larger batch."""
 
