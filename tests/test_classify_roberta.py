@@ -130,12 +130,14 @@ def assert_model_cards(run_dir: Path, method: str):
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(run_dir / "README.md")
-    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-classification"
+    token_level = read_json(run_dir / "run_summary.json")["head"] == KEYWORD_ATTENTION
+    tag = "token-classification" if token_level else "text-classification"
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == tag
     assert {"reviewtune", method} <= set(card.data.tags) and card.data.language == ["ko"]
     for section in ("## Task", "## Data", "## Training", "## Results", "## Reproduce", "## How to load"):
         assert section in card.text, section
     assert "accelerate launch recipes/classify_roberta.py" in card.text
-    if read_json(run_dir / "run_summary.json")["head"] == KEYWORD_ATTENTION:  # loaded through the harness
+    if token_level:  # loaded through the harness
         assert f'load_as_scored("{run_dir}")' in card.text
     else:
         assert f'pipeline("text-classification", model="{run_dir}' in card.text
@@ -415,6 +417,16 @@ def test_aspects_keyword_attention_model(tmp_path, tiny_roberta_dir):
 
     card = ModelCard.load(out / "README.md")
     assert "keyword attention" in card.text and "load_as_scored" in card.text
+    # The adapter's card loads it as a token classifier: the merged model's outputs, up to float rounding
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+    assert "AutoModelForTokenClassification.from_pretrained" in ModelCard.load(out / "adapter" / "README.md").text
+    base = AutoModelForTokenClassification.from_pretrained(tiny_roberta_dir, config=AutoConfig.from_pretrained(out))
+    adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+    enc = AutoTokenizer.from_pretrained(out)(["배송 좋아요 그리고 색상 별로예요"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**enc).logits, system.model(**enc).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_aspects_two_model_system(tmp_path, tiny_roberta_dir):

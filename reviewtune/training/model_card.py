@@ -67,11 +67,17 @@ def _card_data(summary: dict, library_name: str, extra_tags: list[str]) -> Model
     return ModelCardData(
         base_model=base if on_hub else None,
         library_name=library_name,
-        pipeline_tag="text-generation" if generative else "text-classification",
+        pipeline_tag="text-generation" if generative else _classifier_pipeline(summary),
         language=["ko"],
         datasets=_hub_datasets(summary) or None,
         tags=list(dict.fromkeys(tags)),
     )
+
+
+def _classifier_pipeline(summary: dict) -> str:
+    """The hub's pipeline tag: a keyword-attention model is a token classifier (its per-token outputs are what a
+    hub widget shows); every other classifier a text classifier."""
+    return "token-classification" if summary.get("head") == KEYWORD_ATTENTION else "text-classification"
 
 
 def _hub_datasets(summary: dict) -> list[str]:
@@ -116,18 +122,22 @@ def run_card(model_dir: Path, summary: dict, command: str | None, part: str = "r
 
 def adapter_card(model_dir: Path, summary: dict) -> ModelCard:
     """The card of a LoRA classifier's ``adapter/``: the loadable model is the directory above."""
+    token_level = summary.get("head") == KEYWORD_ATTENTION
+    auto = "AutoModelForTokenClassification" if token_level else "AutoModelForSequenceClassification"
+    above = ("holds the merged model that the harness scores (`load_as_scored`, a token classifier read by keyword "
+             "attention)" if token_level else
+             "holds the merged model that `pipeline(\"text-classification\", model=...)` loads with its label names")
     body = (
         f"The LoRA adapter (PEFT) of the classifier in `{model_dir.name}/`, kept here so that the directory above "
-        "holds the merged model that `pipeline(\"text-classification\", model=...)` loads with its label names. "
-        "Loading this adapter onto its base needs the classifier's `config.json` (head size and label names):\n\n"
-        "```python\nfrom peft import PeftModel\nfrom transformers import AutoConfig, "
-        "AutoModelForSequenceClassification\n\n"
+        f"{above}. Loading this adapter onto its base needs the classifier's `config.json` (head size and label "
+        "names):\n\n"
+        f"```python\nfrom peft import PeftModel\nfrom transformers import AutoConfig, {auto}\n\n"
         f"config = AutoConfig.from_pretrained(\"{model_dir}\")\n"
-        f"base = AutoModelForSequenceClassification.from_pretrained(\"{summary['base_model']}\", config=config)\n"
+        f"base = {auto}.from_pretrained(\"{summary['base_model']}\", config=config)\n"
         f"model = PeftModel.from_pretrained(base, \"{model_dir / ADAPTER_DIR}\")\n```\n\n"
-        "`AutoPeftModelForSequenceClassification` on this directory alone builds the head from the base model's "
-        "config instead (wrong label names, or a size mismatch). See the card one level up for the run."
-    )
+        f"`AutoPeftModelFor{auto.removeprefix('AutoModelFor')}` on this directory alone builds the head from the base "
+        "model's config instead (wrong label names, or a size mismatch). See the card one level up for the run."
+    )  # fmt: skip
     return ModelCard.from_template(_card_data(summary, "peft", ["lora"]), template_str=_TEMPLATE,
                                    title=f"{_name(model_dir, 'run')} LoRA adapter", body=body)  # fmt: skip
 

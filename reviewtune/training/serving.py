@@ -5,9 +5,10 @@
   fine-tune) and beside an adapter (transformers takes an adapter's generation config from its base: the model card
   says which arguments to pass).
 - Classifier runs: every model directory is a complete model, ``config.json`` with the label names and
-  safetensors weights, that ``pipeline("text-classification", model=DIR)`` loads; a LoRA run is merged into it
-  and keeps its adapter in ``DIR/adapter/``. An ``adapter_config.json`` in ``DIR`` itself would make transformers
-  load the base model's head instead (a ``KeyError`` with 14 labels, silently ``LABEL_0/1`` with 2).
+  safetensors weights, that ``pipeline("text-classification", model=DIR)`` loads (a keyword-attention aspect
+  model: ``AutoModelForTokenClassification``, pooled by ``reviewtune.evaluation.keyword_attention``); a LoRA run
+  is merged into it and keeps its adapter in ``DIR/adapter/``. An ``adapter_config.json`` in ``DIR`` itself would
+  make transformers load the base model's head instead (a ``KeyError`` with 14 labels, silently ``LABEL_0/1`` with 2).
 - ``push_to_hub`` (the training arguments' fields): the run directory, model card included, without checkpoints.
 """
 
