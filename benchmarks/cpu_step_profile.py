@@ -183,16 +183,12 @@ def build_classifier(recipe: ModuleType, argv: list[str]) -> Built:
     """The classifier recipe's first model (for aspects the keyword-attention model, or with ``aspect_model: pair``
     the keywords model), built as ``train_head`` in ``recipes/classify_roberta.py`` builds it."""
     from peft import get_peft_model
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        DataCollatorWithPadding,
-    )
+    from transformers import DataCollatorWithPadding
 
     from reviewtune.training.classifier_heads import (
-        KEYWORD_ATTENTION,
         build_examples,
         class_weights,
+        head_model,
         heads_for_task,
         lora_config,
         model_max_length,
@@ -211,18 +207,14 @@ def build_classifier(recipe: ModuleType, argv: list[str]) -> Built:
     side = "left" if head.name == "keyword_sentiment" else "right"
     tokenizer = load_tokenizer(model_path, model_args, clf_args.trust_remote_code, truncation_side=side)
     set_seed(training_args.seed)
-    token_level = head.problem_type == KEYWORD_ATTENTION
-    model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
-    model = model_class.from_pretrained(
-        model_path, num_labels=head.num_labels, id2label=head.id2label, label2id=head.label2id,
-        **({} if token_level else {"problem_type": head.problem_type}), revision=model_args.model_revision,
-        trust_remote_code=clf_args.trust_remote_code, dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation)  # fmt: skip
+    model = head_model(head, model_path, revision=model_args.model_revision,
+                       trust_remote_code=clf_args.trust_remote_code, dtype=model_args.dtype,
+                       attn_implementation=model_args.attn_implementation)  # fmt: skip
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     max_length = model_max_length(model.config, clf_args.max_length)
     if method == "lora":
-        model = get_peft_model(model, lora_config(model_args, "TOKEN_CLS" if token_level else "SEQ_CLS"))
+        model = get_peft_model(model, lora_config(model_args, head))
     examples = build_examples(data.records["train"], task, head)
     weights = class_weights(examples, head, clf_args.class_weights, clf_args.max_class_weight)
     dataset = tokenize_examples(examples, tokenizer, max_length, desc=f"Tokenising {head.name} train")[0]

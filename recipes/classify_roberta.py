@@ -41,8 +41,6 @@ import torch
 from accelerate import PartialState
 from peft import get_peft_model
 from transformers import (
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     set_seed,
@@ -59,12 +57,12 @@ from reviewtune.training.callbacks import EvaluationKeepsRng, TrainingClock
 from reviewtune.training.classifier_heads import (
     ASPECT_COMPONENTS,
     KEYWORD_ATTENTION,
-    MULTI_LABEL,
     Head,
     build_examples,
     class_weights,
     greater_is_better,
     head_metrics,
+    head_model,
     headline,
     heads_for_task,
     lora_config,
@@ -200,14 +198,9 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
 
     # Model: a fresh head with the label names in the config (id2label), LoRA SEQ_CLS / TOKEN_CLS with the head in full
     set_seed(training_args.seed)  # each model starts from the same seed, whatever was trained before it
-    token_level = head.problem_type == KEYWORD_ATTENTION
-    model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
-    model = model_class.from_pretrained(
+    model = head_model(
+        head,
         model_path,
-        num_labels=head.num_labels,
-        id2label=head.id2label,
-        label2id=head.label2id,
-        **({} if token_level else {"problem_type": head.problem_type}),
         revision=model_args.model_revision,
         trust_remote_code=clf_args.trust_remote_code,
         dtype=model_args.dtype,
@@ -217,7 +210,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
         model.config.pad_token_id = tokenizer.pad_token_id
     max_length = model_max_length(model.config, clf_args.max_length)
     if method == "lora":
-        model = get_peft_model(model, lora_config(model_args, "TOKEN_CLS" if token_level else "SEQ_CLS"))
+        model = get_peft_model(model, lora_config(model_args, head))
     trainable_params, total_params = run_directory.count_parameters(model)
     logger.info("%s: trainable params %d / total %d", head.name, trainable_params, total_params)
 
@@ -300,7 +293,7 @@ def train_head(head: Head, task, data, *, model_path: str, base_hash: str | None
     }
     if trainer.is_world_process_zero():
         if thresholds is not None:
-            by_keyword = dict(zip(head.keywords or head.label_names, thresholds, strict=True))
+            by_keyword = dict(zip(head.keywords, thresholds, strict=True))
             save_thresholds(output_dir, by_keyword, tuned=clf_args.tune_thresholds, tuned_on="validation")
         atomic_write_json(
             output_dir / "classification_report.json",
@@ -352,8 +345,8 @@ def evaluate_head(trainer, head: Head, tokenized: dict, clf_args) -> tuple[dict,
     # orders evaluation batches by length, so predictions are not in dataset order.
     gold = {split: p.label_ids for split, p in predictions.items()}
     thresholds, report = None, {}
-    if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):  # keyword presence: per-keyword thresholds
-        keywords = list(head.keywords or head.label_names)
+    if head.keywords:  # keyword presence: per-keyword thresholds
+        keywords = list(head.keywords)
         val_probs = probabilities(predictions["validation"].predictions, head)
         val_gold = gold["validation"][:, : len(keywords)]
         by_keyword = tune_thresholds(val_probs, val_gold, keywords) if clf_args.tune_thresholds else {}

@@ -63,8 +63,11 @@ class Head:
 
     @property
     def keywords(self) -> tuple[str, ...]:
-        """Keyword attention: the keywords (the first labels, one presence score each)."""
-        return self.label_names[: self.num_labels // (1 + len(self.polarities))] if self.polarities else ()
+        """The keywords with a presence score (and a tuned threshold): a keywords head's labels, a keyword-attention
+        head's first labels; none for other heads."""
+        if self.problem_type == KEYWORD_ATTENTION:
+            return self.label_names[: self.num_labels // (1 + len(self.polarities))]
+        return self.label_names if self.problem_type == MULTI_LABEL else ()
 
     @property
     def num_labels(self) -> int:
@@ -86,6 +89,19 @@ class Head:
         if self.problem_type == KEYWORD_ATTENTION:
             return "exact_match"
         return "micro_f1" if self.problem_type == MULTI_LABEL else "macro_f1"
+
+
+def head_model(head: Head, model_path: str, **from_pretrained):
+    """A fresh model for ``head`` with its label names in the config (id2label): a token classifier for keyword
+    attention, else a sequence classifier with the head's ``problem_type``."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    labels = dict(num_labels=head.num_labels, id2label=head.id2label, label2id=head.label2id)
+    if head.problem_type == KEYWORD_ATTENTION:
+        return AutoModelForTokenClassification.from_pretrained(model_path, **labels, **from_pretrained)
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_path, **labels, problem_type=head.problem_type, **from_pretrained
+    )
 
 
 def keyword_attention_labels(task: TaskSpec) -> tuple[str, ...]:
@@ -162,7 +178,7 @@ def aspect_label_row(aspects: list[dict], task: TaskSpec) -> list[float]:
 def label_matrix(examples: list[dict], head: Head) -> np.ndarray:
     """Gold labels of ``examples``: ``[n]`` ints, ``[n]`` floats (regression), ``[n, K]`` 0/1 (keywords) or
     ``[n, 2K]`` (keyword attention: :func:`aspect_label_row`)."""
-    if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):
+    if head.keywords:
         width = 2 * len(head.keywords) if head.problem_type == KEYWORD_ATTENTION else head.num_labels
         return np.asarray([e["labels"] for e in examples], dtype=float).reshape(len(examples), width)
     dtype = float if head.problem_type == REGRESSION else int
@@ -195,9 +211,9 @@ def tokenize_examples(examples: list[dict], tokenizer, max_length: int, desc: st
     return ds.remove_columns("shortened"), n_shortened, n_tokens
 
 
-def lora_config(model_args, task_type: str = "SEQ_CLS") -> LoraConfig:
-    """PEFT ``SEQ_CLS`` (or ``TOKEN_CLS``) LoRA from trl's ``ModelConfig`` fields; the head is trained in full
-    (``modules_to_save``).
+def lora_config(model_args, head: Head | None = None) -> LoraConfig:
+    """PEFT ``SEQ_CLS`` (``TOKEN_CLS`` for a keyword-attention ``head``) LoRA from trl's ``ModelConfig`` fields; the
+    head is trained in full (``modules_to_save``).
 
     Target modules default to RoBERTa's attention ``query``/``value``; ``all-linear`` adapts every linear
     layer except the head.
@@ -205,7 +221,7 @@ def lora_config(model_args, task_type: str = "SEQ_CLS") -> LoraConfig:
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
-        task_type=TaskType(task_type),
+        task_type=TaskType.TOKEN_CLS if head and head.problem_type == KEYWORD_ATTENTION else TaskType.SEQ_CLS,
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
@@ -230,9 +246,8 @@ def class_weights(examples: list[dict], head: Head, mode: str, max_weight: float
         return None
     y = label_matrix(examples, head)
     n = len(examples)
-    if head.problem_type == KEYWORD_ATTENTION:  # presence only: the keywords' pos_weight
-        y = y[:, : y.shape[1] // 2]
-    if head.problem_type in (MULTI_LABEL, KEYWORD_ATTENTION):
+    if head.keywords:  # BCE pos_weight per keyword (keyword attention: its presence columns)
+        y = y[:, : len(head.keywords)]
         pos = y.sum(axis=0)
         w = np.where(pos > 0, (n - pos) / np.maximum(pos, 1), 1.0)
     else:
