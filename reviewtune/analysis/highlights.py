@@ -28,7 +28,6 @@ from scipy.special import expit
 from tqdm.auto import tqdm
 
 from reviewtune.atomic import read_json
-from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION, keyword_attention
 from reviewtune.evaluation.predict import predict
 from reviewtune.evaluation.systems import LOGLIK_TASKS, System
 from reviewtune.report.html import MIN_DROP, SPAN_FRACTION, marked_words
@@ -146,10 +145,7 @@ def encoder_outputs(
         enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   return_tensors="pt").to(device)  # fmt: skip
         out = model(**enc, output_hidden_states=hidden)
-        batch_logits = out.logits
-        if system.summary.get("head") == KEYWORD_ATTENTION:  # token logits pooled per keyword
-            batch_logits = keyword_attention(batch_logits, enc["attention_mask"], len(system.task.keywords))
-        batch_logits = batch_logits.float().cpu().numpy()
+        batch_logits = system.scored_logits(out.logits, enc["attention_mask"]).float().cpu().numpy()
         if logits is None:
             logits = np.zeros((len(texts), batch_logits.shape[-1]))
         logits[idx] = batch_logits

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from reviewtune.evaluation.answer_languages import ANSWER_LEAD, task_language
 from reviewtune.evaluation.constrained_decoding import constrained_answers
 from reviewtune.evaluation.generation import generate_answers, label_loglik, loglik_probs
-from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION, aspects_from_pooled, keyword_attention
+from reviewtune.evaluation.keyword_attention import aspects_from_pooled
 from reviewtune.evaluation.prediction_schema import new_prediction
 from reviewtune.evaluation.systems import LOGLIK_TASKS, System, id2label
 from reviewtune.prompt_format import CHAT, add_special_tokens, answer_end_ids, completion_text, model_input, stop_ids
@@ -98,8 +98,8 @@ def _predict_loglik(system: System, records: list[dict], batch_size: int, progre
 
 @torch.inference_mode()
 def _classifier_outputs(system: System, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
-    """Raw logits ``[n, num_labels]`` of one classifier, batched by length (dynamic padding); a keyword-attention
-    model's token logits pooled per keyword (:func:`keyword_attention`, same width)."""
+    """Logits ``[n, num_labels]`` of one classifier as scoring reads them (``System.scored_logits``), batched by
+    length (dynamic padding)."""
     model, tok = system.model, system.tokenizer
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -110,10 +110,7 @@ def _classifier_outputs(system: System, texts: list[str], batch_size: int, progr
         enc = tok([texts[i] for i in idx], truncation=True, max_length=system.max_input_tokens, padding=True,
                   return_tensors="pt")  # fmt: skip
         enc = {k: v.to(device) for k, v in enc.items()}
-        out = model(**enc).logits
-        if system.summary.get("head") == KEYWORD_ATTENTION:
-            out = keyword_attention(out, enc["attention_mask"], len(system.task.keywords))
-        logits[idx] = out.float().cpu().numpy()
+        logits[idx] = system.scored_logits(model(**enc).logits, enc["attention_mask"]).float().cpu().numpy()
         bar.update(len(idx))
     bar.close()
     return logits
@@ -150,7 +147,7 @@ def _predict_classifier(system: System, records: list[dict], batch_size: int, pr
         for pred, row in zip(out, probs, strict=True):
             pred.update(label=int(row.argmax()), probs=[float(p) for p in row])
         return out
-    if system.summary.get("head") == KEYWORD_ATTENTION:  # aspects, one model: presence and polarity per keyword
+    if system.keyword_attention:  # aspects, one model: presence and polarity per keyword
         pooled = _classifier_outputs(system, texts, batch_size, progress, "Classifying")
         for pred, a in zip(out, aspects_from_pooled(pooled, system.thresholds, task.keywords, task.polarities),
                            strict=True):  # fmt: skip

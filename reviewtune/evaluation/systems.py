@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from reviewtune.atomic import read_json
-from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION
+from reviewtune.evaluation.keyword_attention import KEYWORD_ATTENTION, keyword_attention
 from reviewtune.models.positions import usable_positions
 from reviewtune.models.quantization import compute_dtype, load_pretrained, nf4_config
 from reviewtune.tasks import TaskSpec
@@ -71,6 +71,18 @@ class System:
         return cls(run_dir=run_dir, kind=kind, task=task, summary=summary, model=model, tokenizer=tokenizer,
                    max_length=fields.pop("max_length", None) or _trained_length(summary),
                    positions=usable_positions(model.config), **fields)  # fmt: skip
+
+    @property
+    def keyword_attention(self) -> bool:
+        """A keyword-attention aspect classifier: its token logits are pooled per keyword before scoring."""
+        return self.kind == "classifier" and self.summary.get("head") == KEYWORD_ATTENTION
+
+    def scored_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The classifier outputs scoring reads (``[B, num_labels]``): a keyword-attention model's token logits
+        pooled per keyword (:func:`keyword_attention`), any other classifier's logits as they are."""
+        if self.keyword_attention:
+            return keyword_attention(logits, attention_mask, len(self.task.keywords))
+        return logits
 
     def models(self) -> list[Any]:
         return [self.model] if self.model is not None else [c.model for c in self.components.values()]
@@ -324,7 +336,7 @@ def _load_classifier(run_dir: Path, summary: dict, task: TaskSpec) -> System:
         )
     model, tokenizer, paths = _load_classifier_model(run_dir, summary)
     system = System.of_model(run_dir, "classifier", task, summary, model, tokenizer, weight_paths=paths)
-    if summary.get("head") == KEYWORD_ATTENTION:
+    if system.keyword_attention:
         if list(id2label(model)[: len(task.keywords)]) != list(task.keywords):
             raise ValueError(f"{run_dir}: model labels {id2label(model)} do not start with the task's keywords")
         system.thresholds = load_thresholds(run_dir, task.keywords)

@@ -322,27 +322,24 @@ def _generative_loading(model_dir: Path, summary: dict, task: TaskSpec, part: st
 
 def _classifier_loading(model_dir: Path, summary: dict, task: TaskSpec, part: str) -> str:
     lines = ["## How to load", ""]
-    if summary.get("head") == KEYWORD_ATTENTION:
-        lines += ["One token-classification model (`AutoModelForTokenClassification`), read by keyword attention "
-                  "(`reviewtune/evaluation/keyword_attention.py`): a presence score per keyword (one threshold per "
-                  "keyword in `thresholds.json`) and, from the tokens that reveal the keyword, its polarity. The "
-                  "system as scored:", "", "```python",
+    aspect_system = summary.get("head") == KEYWORD_ATTENTION or (task.name == "aspects" and part == "run")
+    if aspect_system:  # loaded and scored through the harness
+        if summary.get("head") == KEYWORD_ATTENTION:
+            what = ("One token-classification model (`AutoModelForTokenClassification`), read by keyword attention "
+                    "(`reviewtune/evaluation/keyword_attention.py`): a presence score per keyword (one threshold per "
+                    "keyword in `thresholds.json`) and, from the tokens that reveal the keyword, its polarity.")
+            after = ("A text-classification pipeline cannot read it: its outputs are per token, pooled per keyword by "
+                     "`keyword_attention`.")
+        else:
+            what = ("Two models: `keywords/` (multi-label, one threshold per keyword in `keywords/thresholds.json`) "
+                    "and `keyword_sentiment/` (the polarity of one keyword).")
+            after = ("Each model loads on its own with "
+                     f'`pipeline("text-classification", model="{model_dir}/keywords")` (see its card).')
+        lines += [f"{what} The system as scored:", "", "```python",
                   "from reviewtune.evaluation.as_scored import load_as_scored",
                   "from reviewtune.evaluation.predict import predict", "",
                   f'system = load_as_scored("{model_dir}")',
-                  'predict(system, [{"id": "1", "text": "배송이 빨라요"}])', "```", "",
-                  "A text-classification pipeline cannot read it: its outputs are per token, pooled per keyword by "
-                  "`keyword_attention`."]  # fmt: skip
-        return "\n".join(lines)
-    if task.name == "aspects" and part == "run":
-        lines += ["Two models: `keywords/` (multi-label, one threshold per keyword in `keywords/thresholds.json`) and "
-                  "`keyword_sentiment/` (the polarity of one keyword). The system as scored:", "", "```python",
-                  "from reviewtune.evaluation.as_scored import load_as_scored",
-                  "from reviewtune.evaluation.predict import predict", "",
-                  f'system = load_as_scored("{model_dir}")',
-                  'predict(system, [{"id": "1", "text": "배송이 빨라요"}])', "```", "",
-                  "Each model loads on its own with "
-                  f'`pipeline("text-classification", model="{model_dir}/keywords")` (see its card).']  # fmt: skip
+                  'predict(system, [{"id": "1", "text": "배송이 빨라요"}])', "```", "", after]  # fmt: skip
         return "\n".join(lines)
     names = ", ".join(f"`{n}`" for n in read_json(model_dir / "config.json").get("id2label", {}).values())
     extra = ", top_k=None" if summary.get("component") == "keywords" else ""
